@@ -1,0 +1,1 @@
+"""Benchmarks behind `monoocc bench ...`: each prints a table; none is a test."""

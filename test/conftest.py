@@ -1,0 +1,29 @@
+"""Test-wide setup: keep DDS on this machine and give this test run its own domain."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Set before any test imports rclpy; child processes inherit both.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+if "MONOOCC_TEST_DOMAIN_ID" in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = os.environ["MONOOCC_TEST_DOMAIN_ID"]
+else:
+    # 1..100 are valid on Linux; a random pick keeps parallel runs (CI, a developer) apart.
+    os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = REPO_ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def realdata_seq00() -> Path:
+    """Real SemanticKITTI sequence 00 sample files (../shared/realdata); skipped when absent."""
+    seq = REALDATA / "semantickitti-mini" / "sequences" / "00"
+    if not seq.is_dir():
+        pytest.skip(f"real SemanticKITTI sample not found at {seq} (only present beside the repo)")
+    return seq
