@@ -63,3 +63,144 @@ class GridSpec:
 
 
 SEMANTIC_KITTI_GRID = GridSpec(origin=(0.0, -25.6, -2.0), resolution=0.2, shape=(256, 256, 32))
+
+
+# --- homogeneous transforms and projections ------------------------------------------------
+
+
+def to_homogeneous(matrix: np.ndarray) -> np.ndarray:
+    """A 3x4 (or 4x4) rigid transform -> 4x4."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape == (4, 4):
+        return m.copy()
+    if m.shape != (3, 4):
+        raise ValueError(f"expected a 3x4 or 4x4 matrix, got {m.shape}")
+    out = np.eye(4)
+    out[:3] = m
+    return out
+
+
+def lidar_projection(p2: np.ndarray, tr: np.ndarray) -> np.ndarray:
+    """3x4 projection of LiDAR/grid-frame points into image_2: `P2 @ [Tr; 0 0 0 1]`."""
+    return np.asarray(p2, dtype=np.float64)[:3, :4] @ to_homogeneous(tr)
+
+
+def project_points(points: np.ndarray, projection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project (N, >=3) points with a 3x4 matrix -> pixel coordinates (N, 2) and depth (N,).
+
+    Pixel (u, v) = (0, 0) is the centre of the top-left pixel (KITTI convention). Points at
+    or behind the camera (depth <= 0) get NaN pixel coordinates.
+    """
+    pts = np.asarray(points, dtype=np.float64)[:, :3]
+    proj = np.asarray(projection, dtype=np.float64)
+    cam = pts @ proj[:, :3].T + proj[:, 3]
+    depth = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = cam[:, :2] / depth[:, None]
+    uv[depth <= 0] = np.nan
+    return uv, depth
+
+
+def in_image(uv: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Mask of pixel coordinates that fall on a pixel of a (height, width) image."""
+    u, v = uv[:, 0], uv[:, 1]
+    with np.errstate(invalid="ignore"):
+        return (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)
+
+
+def camera_pose_to_lidar(pose: np.ndarray, tr: np.ndarray) -> np.ndarray:
+    """A KITTI camera-0 pose (poses.txt) expressed for the LiDAR frame: `inv(Tr) @ P @ Tr`."""
+    tr4 = to_homogeneous(tr)
+    return np.linalg.inv(tr4) @ to_homogeneous(pose) @ tr4
+
+
+def other_frame_projection(p2: np.ndarray, tr: np.ndarray, pose_i: np.ndarray, pose_j: np.ndarray) -> np.ndarray:
+    """3x4 projection of points in frame i's LiDAR/grid frame into frame j's image_2:
+    `P2 @ Tr @ inv(pose_j) @ pose_i`, with poses converted to the LiDAR frame."""
+    lid_i = camera_pose_to_lidar(pose_i, tr)
+    lid_j = camera_pose_to_lidar(pose_j, tr)
+    return lidar_projection(p2, tr) @ np.linalg.inv(lid_j) @ lid_i
+
+
+def resize_projection(projection: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """Adjust a 3x4 projection for an image resized by (scale_x, scale_y).
+
+    Pixel centres sit at integer coordinates, so a pixel edge at -0.5 stays at -0.5:
+    u' = s*u + (s - 1)/2 (the common `P[:2] *= s` is off by up to half a pixel)."""
+    a = np.array([[scale_x, 0.0, 0.5 * (scale_x - 1.0)], [0.0, scale_y, 0.5 * (scale_y - 1.0)], [0.0, 0.0, 1.0]])
+    return a @ np.asarray(projection, dtype=np.float64)
+
+
+def resize_image_and_projection(
+    image: np.ndarray, projection: np.ndarray, size_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an (H, W, C) uint8 image to `size_hw` (bilinear, PIL) and its projection with it."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    new_h, new_w = size_hw
+    if (new_h, new_w) == (h, w):
+        return image, np.asarray(projection, dtype=np.float64).copy()
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return resized, resize_projection(projection, new_w / w, new_h / h)
+
+
+# --- voxelisation and sparse image labels ------------------------------------------------
+
+
+def voxelize_occupancy(points: np.ndarray, grid: GridSpec) -> np.ndarray:
+    """Bool (X, Y, Z) grid of voxels containing at least one point."""
+    idx, inside = grid.points_to_indices(points)
+    out = np.zeros(grid.shape, dtype=bool)
+    i = idx[inside]
+    out[i[:, 0], i[:, 1], i[:, 2]] = True
+    return out
+
+
+def voxelize_labels(points: np.ndarray, labels: np.ndarray, grid: GridSpec, ignore: int = 255) -> np.ndarray:
+    """(X, Y, Z) uint8 grid: per voxel the most frequent train id among its points
+    (labels equal to `ignore` do not vote; ties go to the smallest id); 0 where no point."""
+    idx, inside = grid.points_to_indices(points)
+    lab = np.asarray(labels).astype(np.int64)
+    keep = inside & (lab != ignore)
+    flat = np.ravel_multi_index(idx[keep].T, grid.shape)
+    lab = lab[keep]
+    out = np.zeros(grid.num_voxels, dtype=np.uint8)
+    if flat.size == 0:
+        return out.reshape(grid.shape)
+    # Sort by (voxel, label), count runs, keep the largest run per voxel (smallest label on ties).
+    order = np.lexsort((lab, flat))
+    flat, lab = flat[order], lab[order]
+    key_change = np.r_[True, (flat[1:] != flat[:-1]) | (lab[1:] != lab[:-1])]
+    starts = np.flatnonzero(key_change)
+    run_len = np.diff(np.r_[starts, flat.size])
+    run_vox, run_lab = flat[starts], lab[starts]
+    order = np.lexsort((run_lab, -run_len, run_vox))
+    first = np.r_[True, run_vox[order][1:] != run_vox[order][:-1]]
+    out[run_vox[order][first]] = run_lab[order][first]
+    return out.reshape(grid.shape)
+
+
+def points_to_sparse_image(
+    points: np.ndarray,
+    labels: np.ndarray | None,
+    projection: np.ndarray,
+    height: int,
+    width: int,
+    ignore: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project labelled points into an image: sparse label image (H, W) uint8 (`ignore` where
+    no point) and sparse depth (H, W) float32 (0 where no point). Where several points hit
+    one pixel, the nearest wins."""
+    uv, depth = project_points(points, projection)
+    keep = (depth > 0) & in_image(uv, width, height)
+    px = np.rint(uv[keep]).astype(np.int64)
+    d = depth[keep]
+    order = np.argsort(-d)  # far first, so nearer points overwrite
+    px, d = px[order], d[order]
+    depth_img = np.zeros((height, width), dtype=np.float32)
+    depth_img[px[:, 1], px[:, 0]] = d
+    label_img = np.full((height, width), ignore, dtype=np.uint8)
+    if labels is not None:
+        label_img[px[:, 1], px[:, 0]] = np.asarray(labels)[keep][order]
+    return label_img, depth_img

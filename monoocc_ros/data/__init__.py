@@ -1,0 +1,1 @@
+"""Datasets: SemanticKITTI file formats, the PyTorch Dataset, and the synthetic world."""
