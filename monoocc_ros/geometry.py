@@ -141,7 +141,7 @@ def resize_image_and_projection(
     new_h, new_w = size_hw
     if (new_h, new_w) == (h, w):
         return image, np.asarray(projection, dtype=np.float64).copy()
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     return resized, resize_projection(projection, new_w / w, new_h / h)
 
 

@@ -1,0 +1,177 @@
+"""PyTorch Dataset over any SemanticKITTI-format root (the real one or `monoocc synth` output).
+
+One item is one labelled frame (`voxels/NNNNNN.label` exists; with `require_labels=False`
+every image, targets only where labels exist) with:
+  image          (3, H, W) float32 RGB in [0, 1] (ImageNet normalisation is the model's job,
+                 so training and inference share it)
+  projection     (3, 4) float32: grid/LiDAR frame -> pixels of `image` (P2 @ Tr, resized)
+  target         (X, Y, Z) int64 train ids, 255 where ignored or invalid
+  target_<s>     the same reduced by factor s with the official rule, for each `downsample`
+  invalid        (X, Y, Z) bool
+  labels_2d      (H', W') int64 sparse semantic labels from projected LiDAR points (255 = none),
+  depth_2d       (H', W') float32 sparse depth (0 = none); H', W' = H, W / `label_stride`
+  other_images   (K, 3, H, W), other_projections (K, 3, 4): frames at `frame_offsets`, each
+                 projected from this frame's grid (P2 @ Tr @ inv(pose_j) @ pose_i); an offset
+                 outside the sequence reuses the current frame
+  meta           sequence, frame, stamp (s)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from monoocc_ros.classes import IGNORE, raw_to_train
+from monoocc_ros.data import formats as F
+from monoocc_ros.geometry import (
+    SEMANTIC_KITTI_GRID,
+    lidar_projection,
+    other_frame_projection,
+    points_to_sparse_image,
+    resize_image_and_projection,
+    resize_projection,
+)
+
+SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
+    "val": ("08",),
+    "test": tuple(f"{i:02d}" for i in range(11, 22)),
+}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    root: str
+    sequences: tuple[str, ...]
+    image_size: tuple[int, int] | None = None  # (H, W); None keeps the file's size
+    frame_offsets: tuple[int, ...] = ()
+    downsample: tuple[int, ...] = (2,)
+    label_stride: int = 4  # 2D labels at 1/4 resolution, as the paper's auxiliary head
+    load_points: bool = True
+    require_labels: bool = True  # False: every image is an item (e.g. the test split), targets when present
+
+
+@dataclass
+class _Sequence:
+    name: str
+    path: Path
+    calib: dict[str, np.ndarray]
+    poses: np.ndarray | None
+    times: np.ndarray | None
+    num_images: int
+
+
+def list_sequences(root: str | Path) -> list[str]:
+    """Sequence names under `root/sequences` (sorted)."""
+    seq_root = Path(root) / "sequences"
+    if not seq_root.is_dir():
+        raise FileNotFoundError(f"{seq_root}: not a directory; expected a SemanticKITTI root with sequences/XX/")
+    return sorted(p.name for p in seq_root.iterdir() if p.is_dir())
+
+
+class SemanticKITTIDataset(Dataset):
+    def __init__(self, cfg: DatasetConfig) -> None:
+        self.cfg = cfg
+        root = Path(cfg.root)
+        if not (root / "sequences").is_dir():
+            raise FileNotFoundError(
+                f"dataset root {root} has no sequences/ folder; expected ROOT/sequences/XX/"
+                "{image_2,voxels,calib.txt,...} (SemanticKITTI layout, or `monoocc synth --out ROOT`)"
+            )
+        self.sequences: dict[str, _Sequence] = {}
+        self.items: list[tuple[str, int]] = []
+        for name in cfg.sequences:
+            path = root / "sequences" / name
+            if not path.is_dir():
+                raise FileNotFoundError(f"sequence folder {path} does not exist (have: {list_sequences(root)})")
+            images = sorted((path / "image_2").glob("*.png"))
+            if not images:
+                raise FileNotFoundError(f"{path / 'image_2'}: no .png images")
+            seq = _Sequence(
+                name=name,
+                path=path,
+                calib=F.read_calib(path / "calib.txt"),
+                poses=F.read_poses(path / "poses.txt") if (path / "poses.txt").exists() else None,
+                times=F.read_times(path / "times.txt") if (path / "times.txt").exists() else None,
+                num_images=len(images),
+            )
+            if cfg.frame_offsets and any(cfg.frame_offsets) and seq.poses is None:
+                raise FileNotFoundError(f"{path / 'poses.txt'} is needed for frame offsets {cfg.frame_offsets}")
+            self.sequences[name] = seq
+            if cfg.require_labels:
+                self.items += [(name, int(p.stem)) for p in sorted((path / "voxels").glob("*.label"))]
+            else:
+                self.items += [(name, int(p.stem)) for p in images]
+        if not self.items:
+            raise FileNotFoundError(f"no labelled frames (voxels/*.label) in {root} sequences {cfg.sequences}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _image(self, seq: _Sequence, frame: int, projection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        path = seq.path / "image_2" / f"{frame:06d}.png"
+        image = np.array(Image.open(path).convert("RGB"))
+        if self.cfg.image_size is not None:
+            image, projection = resize_image_and_projection(image, projection, self.cfg.image_size)
+        return image, projection
+
+    def __getitem__(self, index: int) -> dict:
+        name, frame = self.items[index]
+        seq = self.sequences[name]
+        cfg = self.cfg
+        base_proj = lidar_projection(seq.calib["P2"], seq.calib["Tr"])
+        image, projection = self._image(seq, frame, base_proj)
+        h, w = image.shape[:2]
+
+        item: dict = {
+            "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
+            "projection": torch.from_numpy(projection.astype(np.float32)),
+        }
+        vox = seq.path / "voxels" / f"{frame:06d}"
+        if vox.with_suffix(".label").exists():
+            target = raw_to_train(F.read_voxel_labels(vox.with_suffix(".label"), SEMANTIC_KITTI_GRID.shape))
+            invalid = F.read_voxel_bits(vox.with_suffix(".invalid"), SEMANTIC_KITTI_GRID.shape)
+            target = np.where(invalid, IGNORE, target).astype(np.uint8)
+            item["target"] = torch.from_numpy(target.astype(np.int64))
+            item["invalid"] = torch.from_numpy(invalid)
+            for s in cfg.downsample:
+                item[f"target_{s}"] = torch.from_numpy(F.downsample_labels(target, s).astype(np.int64))
+
+        hs, ws = h // cfg.label_stride, w // cfg.label_stride
+        labels_2d = np.full((hs, ws), IGNORE, np.uint8)
+        depth_2d = np.zeros((hs, ws), np.float32)
+        scan_path = seq.path / "velodyne" / f"{frame:06d}.bin"
+        label_path = seq.path / "labels" / f"{frame:06d}.label"
+        if cfg.load_points and scan_path.exists():
+            scan = F.read_scan(scan_path)
+            sem = None
+            if label_path.exists():
+                sem = raw_to_train(F.read_point_labels(label_path, num_points=len(scan))[0])
+            small = resize_projection(projection, ws / w, hs / h)
+            labels_2d, depth_2d = points_to_sparse_image(scan, sem, small, hs, ws)
+        item["labels_2d"] = torch.from_numpy(labels_2d.astype(np.int64))
+        item["depth_2d"] = torch.from_numpy(depth_2d)
+
+        if cfg.frame_offsets:
+            imgs, projs = [], []
+            for off in cfg.frame_offsets:
+                j = frame + off
+                if not (0 <= j < seq.num_images) or seq.poses is None or j >= len(seq.poses):
+                    j = frame  # outside the sequence: reuse the current frame
+                p = other_frame_projection(seq.calib["P2"], seq.calib["Tr"], seq.poses[frame], seq.poses[j])
+                img, p = self._image(seq, j, p)
+                imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0))
+                projs.append(torch.from_numpy(p.astype(np.float32)))
+            item["other_images"] = torch.stack(imgs)
+            item["other_projections"] = torch.stack(projs)
+        item["meta"] = {
+            "sequence": name,
+            "frame": frame,
+            "stamp": float(seq.times[frame]) if seq.times is not None and frame < len(seq.times) else 0.0,
+        }
+        return item

@@ -1,0 +1,165 @@
+"""The synthetic world (written in SemanticKITTI format) and the Dataset over it."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monoocc_ros.classes import raw_to_train
+from monoocc_ros.data import formats as F
+from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset
+from monoocc_ros.data.synth import CAR, IMAGE_HEIGHT, IMAGE_WIDTH, SequenceRenderer, generate_world, synthesize
+from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, in_image, lidar_projection, project_points
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, sequences=1, frames=4, seed=3)
+    return root
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_cli_writes_full_layout_and_is_deterministic(tmp_path, synth_root):
+    out = tmp_path / "again"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monoocc_ros.cli", "synth", "--out", str(out), "--frames", "4", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "frames/s" in proc.stdout
+    seq = out / "sequences" / "00"
+    for rel in (
+        "calib.txt",
+        "poses.txt",
+        "times.txt",
+        "image_2/000003.png",
+        "velodyne/000003.bin",
+        "labels/000003.label",
+        "voxels/000003.label",
+        "voxels/000003.bin",
+        "voxels/000003.invalid",
+        "voxels/000003.occluded",
+    ):
+        assert (seq / rel).is_file(), rel
+    assert _digest(out) == _digest(synth_root)  # same seed, same bytes
+    other = tmp_path / "other"
+    synthesize(other, sequences=1, frames=1, seed=4)
+    assert (other / "sequences/00/voxels/000000.label").read_bytes() != (
+        synth_root / "sequences/00/voxels/000000.label"
+    ).read_bytes()
+
+
+def test_voxel_files_are_consistent(synth_root):
+    vox = synth_root / "sequences" / "00" / "voxels"
+    labels = raw_to_train(F.read_voxel_labels(vox / "000002.label"))
+    seen = F.read_voxel_bits(vox / "000002.bin")
+    occluded = F.read_voxel_bits(vox / "000002.occluded")
+    invalid = F.read_voxel_bits(vox / "000002.invalid")
+    assert seen.sum() > 5000
+    assert not (seen & (labels == 0)).any()  # what the camera sees is occupied
+    assert not (seen & occluded).any()
+    assert not (invalid & (labels == 0)).any()  # only object interiors are invalid
+    present = set(np.unique(labels).tolist())
+    assert {0, 1, 9, 11, 13} <= present  # empty, car, road, sidewalk, building at least
+    # Road lies on the grid's second z layer (surface at -1.73 m within [-1.8, -1.6]).
+    road_z = np.bincount(np.nonzero(labels == 9)[2], minlength=32)
+    assert road_z[1] > 0.95 * road_z.sum()
+
+
+def test_lidar_points_agree_with_voxel_labels(synth_root):
+    seq = synth_root / "sequences" / "00"
+    scan = F.read_scan(seq / "velodyne" / "000001.bin")
+    sem = raw_to_train(F.read_point_labels(seq / "labels" / "000001.label", num_points=len(scan))[0])
+    labels = raw_to_train(F.read_voxel_labels(seq / "voxels" / "000001.label"))
+    idx, inside = SEMANTIC_KITTI_GRID.points_to_indices(scan)
+    vox_lab = labels[tuple(idx[inside].T)]
+    agree = (vox_lab == sem[inside]).mean()
+    assert inside.sum() > 20_000
+    assert agree > 0.85, agree
+
+
+def test_known_object_projects_onto_its_rendered_class():
+    """A car's voxel centres, projected with P2 @ Tr, land on pixels rendered as car."""
+    rng = np.random.default_rng([7, 0])
+    world = generate_world(rng, 60.0)
+    renderer = SequenceRenderer(world, np.array([0.0]), seed=7)
+    out = renderer.render(0)
+    cars_seen = out["bin"] & (out["labels"] == CAR)
+    assert cars_seen.sum() > 50
+    centers = SEMANTIC_KITTI_GRID.voxel_centers()[cars_seen]
+    uv, depth = project_points(centers, lidar_projection(F_calib("P2"), F_calib("Tr")))
+    ok = (depth > 0) & in_image(uv, IMAGE_WIDTH, IMAGE_HEIGHT)
+    px = np.rint(uv[ok]).astype(int)
+    hits = out["label_image"][px[:, 1], px[:, 0]]
+    assert (hits == CAR).mean() > 0.8, np.bincount(hits)
+
+
+def F_calib(key: str) -> np.ndarray:
+    from monoocc_ros.data.synth import KITTI_CALIB
+
+    return KITTI_CALIB[key]
+
+
+def test_dataset_item(synth_root):
+    ds = SemanticKITTIDataset(
+        DatasetConfig(str(synth_root), ("00",), image_size=(188, 620), frame_offsets=(-2, 0, 1, 9))
+    )
+    assert len(ds) == 4
+    item = ds[1]
+    assert item["image"].shape == (3, 188, 620) and item["image"].dtype == torch.float32
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    assert item["target"].shape == (256, 256, 32) and item["target_2"].shape == (128, 128, 16)
+    assert (item["target"][item["invalid"]] == 255).all()
+    assert item["labels_2d"].shape == (47, 155)
+    labelled = item["labels_2d"] != 255
+    assert labelled.sum() > 500 and (item["depth_2d"][labelled] > 0).all()
+    # frame offsets: -2 and +9 fall outside the 4-frame sequence and reuse the current frame.
+    other = item["other_projections"]
+    assert item["other_images"].shape == (4, 3, 188, 620)
+    torch.testing.assert_close(other[0], item["projection"])
+    torch.testing.assert_close(other[1], item["projection"])
+    torch.testing.assert_close(other[3], item["projection"])
+    torch.testing.assert_close(item["other_images"][3], item["image"])
+    assert not torch.allclose(other[2], item["projection"])  # frame 2 sees the grid from 0.6-1 m ahead
+    assert item["meta"] == {"sequence": "00", "frame": 1, "stamp": pytest.approx(0.1)}
+
+
+def test_dataset_on_real_sequence(realdata_seq00):
+    """The real seq 00 sample has images, scans and point labels but no voxel .label files."""
+    root = realdata_seq00.parents[1]
+    with pytest.raises(FileNotFoundError, match="no labelled frames"):
+        SemanticKITTIDataset(DatasetConfig(str(root), ("00",)))
+    ds = SemanticKITTIDataset(DatasetConfig(str(root), ("00",), frame_offsets=(-5, 0), require_labels=False))
+    assert len(ds) == 10
+    item = ds[5]
+    assert "target" not in item and item["image"].shape == (3, 376, 1241)
+    labelled = item["labels_2d"] != 255
+    assert labelled.sum() > 2000  # real LiDAR points projected at 1/4 resolution
+    rows = torch.nonzero(item["labels_2d"] == 9)[:, 0].float()
+    assert rows.median() > 94 / 2  # road in the lower half
+    assert not torch.allclose(item["other_projections"][0], item["projection"])
+    torch.testing.assert_close(item["other_projections"][1], item["projection"])
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no sequences/ folder"):
+        SemanticKITTIDataset(DatasetConfig(str(tmp_path / "nope"), ("00",)))
+    (tmp_path / "sequences" / "00").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"sequence folder .*01 does not exist \(have: \['00'\]\)"):
+        SemanticKITTIDataset(DatasetConfig(str(tmp_path), ("01",)))
