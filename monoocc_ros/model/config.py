@@ -1,0 +1,180 @@
+"""Model configuration: typed dataclasses loaded from YAML (`config/model/*.yaml`), validated once.
+
+The grid's physical extent always comes from `monoocc_ros.geometry.SEMANTIC_KITTI_GRID` and
+the classes from `monoocc_ros.classes`; a config only chooses how finely to divide it
+(`output_scale`, `query_scale`: voxel size as a multiple of 0.2 m).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monoocc_ros.classes import NUM_CLASSES
+from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of each loss term; 0 switches a term off (for ablations)."""
+
+    ce: float = 2.0  # class-weighted cross-entropy on the 3D output
+    sem_scal: float = 1.0
+    geo_scal: float = 0.5
+    semantic_2d: float = 3.0  # the paper's 2.5-4
+    proposal: float = 1.0
+    depth: float = 1.0
+    distill_feature: float = 0.0  # masked MSE to the teacher's ICCA features (students only)
+    distill_logit: float = 0.0  # temperature-scaled KL to the teacher's logits (optional)
+    distill_temperature: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None  # local .pth file; never downloaded at run time
+    frozen_stages: int = 1  # stem + layer1 frozen (BatchNorm is always frozen)
+    embed_dim: int = 128
+    image_scale: float = 1.0  # the network sees the image resized by this factor
+    output_scale: int = 1  # output voxel = output_scale * 0.2 m (1: 256x256x32)
+    query_scale: int = 2  # query voxel = query_scale * 0.2 m (2: 128x128x16)
+    cross_layers: int = 3
+    self_layers: int = 2
+    icca_layers: int = 3
+    heads: int = 8
+    points: int = 8
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    depth_bins: int = 64
+    depth_max: float = 60.0
+    depth_stride: int = 4  # depth is predicted at 1/depth_stride of the network's input
+    upsample_logits: bool = False  # CPU configs: LN + Linear at the query grid, upsample logits
+    proposal_threshold: float = 0.5
+    proposal_channels: int = 32
+    frame_offsets: tuple[int, ...] = (0,)  # the teacher sees several frames; a student (0,)
+    cross_view_blocks: int = 0  # teacher only: windowed cross-view transformer blocks
+    cross_view_window: int = 8
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"model config {self.name!r}: {key} {why}")
+
+        if self.backbone not in BACKBONES:
+            raise bad("backbone", f"must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.embed_dim % self.heads:
+            raise bad("embed_dim", f"({self.embed_dim}) must be divisible by heads ({self.heads})")
+        for key in ("embed_dim", "heads", "points", "ffn_dim", "depth_bins", "output_scale", "query_scale"):
+            if getattr(self, key) <= 0:
+                raise bad(key, "must be positive")
+        for key in ("cross_layers", "self_layers", "icca_layers", "cross_view_blocks", "frozen_stages"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        if self.query_scale % self.output_scale or self.query_scale // self.output_scale not in (1, 2):
+            raise bad("query_scale", "must be output_scale or 2 x output_scale (the head upsamples by 2 at most)")
+        for key, scale in (("output_scale", self.output_scale), ("query_scale", self.query_scale)):
+            if any(s % scale for s in SEMANTIC_KITTI_GRID.shape):
+                raise bad(key, f"({scale}) must divide the grid {SEMANTIC_KITTI_GRID.shape}")
+        if not 0 < self.image_scale <= 2:
+            raise bad("image_scale", "must be in (0, 2]")
+        if 0 not in self.frame_offsets:
+            raise bad("frame_offsets", "must contain 0 (the current frame)")
+        if not 0 < self.proposal_threshold < 1:
+            raise bad("proposal_threshold", "must be in (0, 1)")
+
+    @property
+    def output_grid(self) -> GridSpec:
+        return SEMANTIC_KITTI_GRID.scaled(self.output_scale)
+
+    @property
+    def query_grid(self) -> GridSpec:
+        return SEMANTIC_KITTI_GRID.scaled(self.query_scale)
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    @property
+    def is_teacher(self) -> bool:
+        return len(self.frame_offsets) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["frame_offsets"] = list(self.frame_offsets)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of model settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        if "name" not in data:
+            raise ConfigError(f"{source}: missing key 'name'")
+        data = dict(data)
+        loss = data.pop("loss", {}) or {}
+        loss_known = {f.name for f in dataclasses.fields(LossConfig)}
+        if set(loss) - loss_known:
+            raise ConfigError(
+                f"{source}: unknown loss key(s) {sorted(set(loss) - loss_known)}; known: {sorted(loss_known)}"
+            )
+        if "frame_offsets" in data:
+            data["frame_offsets"] = tuple(int(v) for v in data["frame_offsets"])
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if types[key] in ("int",) and not isinstance(value, int):
+                raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+            if types[key] in ("float",) and not isinstance(value, int | float):
+                raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        try:
+            return cls(**data, loss=LossConfig(**loss))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config {path} does not exist")
+        return cls.from_dict(yaml.safe_load(path.read_text()), str(path))
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
+
+
+def find_config_dir() -> Path:
+    """config/model in the source tree, or share/monoocc_ros/config/model in a colcon install."""
+    if CONFIG_DIR.is_dir():
+        return CONFIG_DIR
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("monoocc_ros")) / "config" / "model"
+    except Exception as exc:  # not in a ROS environment either
+        raise FileNotFoundError(f"config/model not found at {CONFIG_DIR} nor in a ROS package share") from exc
+
+
+def load_named_config(name: str) -> ModelConfig:
+    """A shipped config by name (`student_tiny`, `teacher_small`, ...) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return ModelConfig.from_yaml(path)
+    directory = find_config_dir()
+    candidate = directory / f"{name}.yaml"
+    if not candidate.is_file():
+        have = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise FileNotFoundError(f"no model config named {name!r} in {directory}; have {have}")
+    return ModelConfig.from_yaml(candidate)

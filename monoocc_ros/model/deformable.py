@@ -1,0 +1,94 @@
+"""Deformable attention (Deformable DETR style, one feature level) in pure PyTorch.
+
+Written here because no installable library offers it without custom CUDA ops: the
+multi-scale CUDA kernel of Deformable DETR / mmcv is not installable here, and a kernel-free
+`grid_sample` version also exports cleanly to ONNX. Each query predicts, per head, `points`
+sampling offsets around its reference point and softmax weights; values are bilinearly
+sampled with `grid_sample` (batched over heads, queries and points; no Python loop over
+queries) and summed.
+
+Coordinates: reference points are normalised to [0, 1] over the value map's extent with
+pixel-edge convention (u_norm = (u + 0.5) / W), listed in `grid_sample` order, i.e. the LAST
+spatial axis first: (x=W, y=H) for a (B, C, H, W) map, (w, h, d) for a (B, C, D, H, W) volume.
+Offsets are in cells of the value map (normalised by its size, as Deformable DETR).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DeformableAttention(nn.Module):
+    """query (B, N, C), reference (B, N, ndim) in [0, 1], value tokens (B, S, C) of a map of
+    `spatial` shape (S = prod(spatial), C order, len(spatial) == ndim) -> (B, N, C).
+    Values come as tokens, not as (B, C, *spatial), because both callers hold them that way and
+    a layout round trip costs more than the attention on the CPU. `chunk` bounds peak memory by
+    processing queries in chunks (the result does not depend on it)."""
+
+    def __init__(self, dim: int, heads: int, points: int, ndim: int = 2, chunk: int = 65536) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        self.dim, self.heads, self.points, self.ndim, self.chunk = dim, heads, points, ndim, chunk
+        self.sampling_offsets = nn.Linear(dim, heads * points * ndim)
+        self.attention_weights = nn.Linear(dim, heads * points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # As Deformable DETR: offsets start on rays in different directions per head, growing
+        # with the point index, so the heads look in different places from the first step.
+        nn.init.zeros_(self.sampling_offsets.weight)
+        if self.ndim == 2:
+            theta = torch.arange(self.heads, dtype=torch.float32) * (2.0 * math.pi / self.heads)
+            dirs = torch.stack([theta.cos(), theta.sin()], -1)
+        else:
+            dirs = torch.randn(self.heads, 3, generator=torch.Generator().manual_seed(0))
+        dirs = dirs / dirs.abs().max(-1, keepdim=True)[0]
+        bias = dirs[:, None, :] * torch.arange(1, self.points + 1, dtype=torch.float32)[None, :, None]
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self, query: torch.Tensor, reference: torch.Tensor, value: torch.Tensor, spatial: tuple[int, ...]
+    ) -> torch.Tensor:
+        b, n, c = query.shape
+        spatial = tuple(int(s) for s in spatial)
+        if len(spatial) != self.ndim or reference.shape != (b, n, self.ndim) or value.shape[1] != math.prod(spatial):
+            raise ValueError(
+                f"expected value tokens (B, prod{spatial}, C) of a {self.ndim}D map and reference (B, N, "
+                f"{self.ndim}); got {tuple(value.shape)} and {tuple(reference.shape)}"
+            )
+        h, p, ch = self.heads, self.points, c // self.heads
+        v = self.value_proj(value)  # (B, S, C)
+        v = v.view(b, -1, h, ch).permute(0, 2, 3, 1).reshape(b * h, ch, *spatial)
+        size = torch.tensor(spatial[::-1], dtype=query.dtype, device=query.device)  # grid_sample order
+        outs = []
+        for start in range(0, n, self.chunk):
+            q = query[:, start : start + self.chunk]
+            m = q.shape[1]
+            offsets = self.sampling_offsets(q).view(b, m, h, p, self.ndim)
+            weights = self.attention_weights(q).view(b, m, h, p).softmax(-1)
+            loc = reference[:, start : start + self.chunk, None, None, :] + offsets / size
+            grid = (2.0 * loc - 1.0).permute(0, 2, 1, 3, 4).reshape(b * h, m, p, self.ndim)
+            if self.ndim == 3:
+                grid = grid[:, :, :, None, :]  # (B*h, m, p, 1, 3)
+            sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            sampled = sampled.reshape(b * h, ch, m, p)
+            w = weights.permute(0, 2, 1, 3).reshape(b * h, m, p)
+            out = torch.einsum("bcmp,bmp->bcm", sampled, w).reshape(b, h * ch, m).transpose(1, 2)  # (B, m, C)
+            outs.append(out)
+        return self.output_proj(torch.cat(outs, 1) if len(outs) > 1 else outs[0])

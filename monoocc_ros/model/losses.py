@@ -1,0 +1,143 @@
+"""Losses. Each term has a weight in `LossConfig`; a zero weight skips it (ablations).
+
+- ce: class-weighted cross-entropy on the 3D output, weights 1 / ln(f + 0.001) from the
+  SemanticKITTI class voxel counts (MonoScene), ignore 255.
+- sem_scal, geo_scal: MonoScene's scene-class affinity losses: binary cross-entropy of per-class
+  precision, recall and specificity (sem) and of occupied-vs-empty (geo), computed from softmax.
+- semantic_2d: cross-entropy of the 2D auxiliary head against sparse 2D labels (ignore 255).
+- proposal: binary cross-entropy of the query proposal against occupancy at the query grid.
+- depth: L1 between expected and sparse depth where depth exists.
+- distill_feature: masked MSE between student and (frozen) teacher voxel features after ICCA on
+  voxels occupied and valid in the ground truth at the query grid. The official code applies a
+  KL divergence to raw features, which matches no distribution; MSE on features is the sound
+  choice. distill_logit: optional temperature-scaled KL on the output logits (same mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from monoocc_ros.classes import IGNORE, class_weights
+from monoocc_ros.model.config import LossConfig
+
+
+def _bce_to_one(p: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy(p.clamp(1e-6, 1.0), torch.ones_like(p))
+
+
+def sem_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """logits (B, C, ...) and target (B, ...) train ids (255 ignored)."""
+    prob = logits.softmax(1)
+    mask = target != IGNORE
+    t = target[mask]
+    loss, count = logits.new_zeros(()), 0
+    for c in range(logits.shape[1]):
+        p = prob[:, c][mask]
+        is_c = (t == c).to(p.dtype)
+        if is_c.sum() == 0:
+            continue
+        count += 1
+        tp = (p * is_c).sum()
+        term = logits.new_zeros(())
+        if p.sum() > 0:
+            term = term + _bce_to_one(tp / p.sum())
+        term = term + _bce_to_one(tp / is_c.sum())
+        if (1 - is_c).sum() > 0:
+            term = term + _bce_to_one(((1 - p) * (1 - is_c)).sum() / (1 - is_c).sum())
+        loss = loss + term
+    return loss / max(count, 1)
+
+
+def geo_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.softmax(1)
+    mask = target != IGNORE
+    empty = prob[:, 0][mask]
+    occupied = 1 - empty
+    t = (target[mask] != 0).to(empty.dtype)
+    inter = (occupied * t).sum()
+    loss = logits.new_zeros(())
+    if occupied.sum() > 0:
+        loss = loss + _bce_to_one(inter / occupied.sum())
+    if t.sum() > 0:
+        loss = loss + _bce_to_one(inter / t.sum())
+    if (1 - t).sum() > 0:
+        loss = loss + _bce_to_one(((1 - t) * empty).sum() / (1 - t).sum())
+    return loss
+
+
+def masked_feature_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """student, teacher (B, C, X, Y, Z); mask (B, X, Y, Z) bool. Mean over masked voxels and channels."""
+    m = mask.unsqueeze(1).to(student.dtype)
+    denom = m.sum() * student.shape[1]
+    return ((student - teacher.detach()) ** 2 * m).sum() / denom.clamp(min=1.0)
+
+
+def masked_logit_kl(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Temperature-scaled KL(teacher || student) on logits (B, C, X, Y, Z), masked voxels only."""
+    t = temperature
+    log_p = F.log_softmax(student / t, 1)
+    q = F.softmax(teacher.detach() / t, 1)
+    kl = (q * (q.clamp(min=1e-12).log() - log_p)).sum(1)
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp(min=1.0) * t * t
+
+
+def distillation_mask(target_query: torch.Tensor) -> torch.Tensor:
+    """Voxels occupied (1..19) and valid (not 255) in the ground truth."""
+    return (target_query > 0) & (target_query != IGNORE)
+
+
+class MonoOccLoss(torch.nn.Module):
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("class_weights", torch.from_numpy(class_weights()).float(), persistent=False)
+
+    def forward(self, out: dict, batch: dict, output_key: str, query_key: str, teacher: dict | None = None) -> dict:
+        """out: the network's outputs; batch: the Dataset's (collated) items; output_key /
+        query_key: the target names at the output and query grids (e.g. "target", "target_2").
+        Returns a dict of weighted terms and their sum under "total"."""
+        cfg = self.cfg
+        terms: dict[str, torch.Tensor] = {}
+        logits = out["logits"]
+        target = batch[output_key]
+        if cfg.ce:
+            terms["ce"] = cfg.ce * F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE)
+        if cfg.sem_scal:
+            terms["sem_scal"] = cfg.sem_scal * sem_scal_loss(logits, target)
+        if cfg.geo_scal:
+            terms["geo_scal"] = cfg.geo_scal * geo_scal_loss(logits, target)
+        if cfg.semantic_2d and "semantic_2d" in out:
+            labels = batch["labels_2d"]
+            if (labels != IGNORE).any():
+                terms["semantic_2d"] = cfg.semantic_2d * F.cross_entropy(
+                    out["semantic_2d"], labels, ignore_index=IGNORE
+                )
+        tq = batch[query_key]
+        if cfg.proposal:
+            valid = tq != IGNORE
+            occ = ((tq > 0) & valid).to(out["proposal_logits"].dtype)
+            terms["proposal"] = cfg.proposal * F.binary_cross_entropy_with_logits(
+                out["proposal_logits"][valid], occ[valid]
+            )
+        if cfg.depth:
+            gt = batch["depth_2d"]
+            has = gt > 0
+            if has.any():
+                terms["depth"] = cfg.depth * F.smooth_l1_loss(out["depth"][has], gt[has])
+        if teacher is not None:
+            mask = distillation_mask(tq)
+            if cfg.distill_feature:
+                terms["distill_feature"] = cfg.distill_feature * masked_feature_mse(
+                    out["voxel_features"], teacher["voxel_features"], mask
+                )
+            if cfg.distill_logit:
+                mask_out = distillation_mask(target)
+                terms["distill_logit"] = cfg.distill_logit * masked_logit_kl(
+                    logits, teacher["logits"], mask_out, cfg.distill_temperature
+                )
+        terms["total"] = sum(terms.values()) if terms else logits.new_zeros(())
+        return terms

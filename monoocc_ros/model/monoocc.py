@@ -1,0 +1,82 @@
+"""MonoOcc assembled: the monocular student and the privileged multi-frame teacher.
+
+Both are one class: a config with several `frame_offsets` (and cross-view blocks) is a teacher.
+Data flow, with K frames (K = 1 for a student) and the current frame at offset 0:
+
+  images (B, K, 3, H, W) -> ImageBackbone -> (B*K, C, H/16, W/16)
+      -> [teacher] CrossViewTransformer over the K maps
+  current frame: Semantic2DHead -> (B, 20, H/4, W/4); DepthHead -> depth (B, H/4, W/4)
+      -> QueryProposal -> proposal logits (B, Xq, Yq, Zq) -> proposed = sigmoid > threshold
+  VoxelTransformer(K cameras' features, projections) -> voxel features (B, C, Xq, Yq, Zq)
+  OccupancyHead -> logits (B, 20, X, Y, Z)
+
+`H, W` are the network's input size: images are resized by `image_scale` (and projections with
+them) before the network, by the Dataset when training and by `inference.predict` at run time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monoocc_ros.model.backbone import ImageBackbone
+from monoocc_ros.model.config import ModelConfig
+from monoocc_ros.model.cross_view import CrossViewTransformer
+from monoocc_ros.model.head import OccupancyHead
+from monoocc_ros.model.heads2d import Semantic2DHead
+from monoocc_ros.model.proposal import DepthHead, QueryProposal
+from monoocc_ros.model.voxel_transformer import VoxelTransformer
+
+LABEL_STRIDE = 4  # 2D outputs (semantics, depth) at 1/4 of the input, as the Dataset's sparse labels
+
+
+class MonoOcc(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.embed_dim
+        self.current = cfg.frame_offsets.index(0)
+        self.backbone = ImageBackbone(cfg.backbone, c, cfg.backbone_weights, cfg.frozen_stages)
+        self.cross_view = (
+            CrossViewTransformer(c, cfg.heads, cfg.cross_view_blocks, cfg.cross_view_window, cfg.dropout)
+            if cfg.cross_view_blocks > 0
+            else None
+        )
+        self.semantic_2d = Semantic2DHead(c, cfg.num_classes, cfg.dropout)
+        self.depth = DepthHead(c, cfg.depth_bins, 1.0, cfg.depth_max)
+        self.proposal = QueryProposal(cfg.query_grid, cfg.proposal_channels)
+        self.transformer = VoxelTransformer(
+            cfg.query_grid, c, cfg.heads, cfg.points, cfg.ffn_dim,
+            cfg.cross_layers, cfg.self_layers, cfg.icca_layers, cfg.dropout,
+        )  # fmt: skip
+        self.head = OccupancyHead(c, cfg.num_classes, cfg.query_scale // cfg.output_scale, cfg.upsample_logits)
+
+    def forward(self, images: torch.Tensor, projections: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, K, 3, H, W) RGB in [0, 1]; projections (B, K, 3, 4) from this frame's grid
+        frame to each image's pixels. K must equal len(cfg.frame_offsets)."""
+        b, k, _, h, w = images.shape
+        if k != len(self.cfg.frame_offsets) or projections.shape != (b, k, 3, 4):
+            raise ValueError(
+                f"{self.cfg.name} expects {len(self.cfg.frame_offsets)} frame(s) and projections (B, K, 3, 4); "
+                f"got images {tuple(images.shape)} and projections {tuple(projections.shape)}"
+            )
+        feats = self.backbone(images.reshape(b * k, 3, h, w))
+        if self.cross_view is not None:
+            feats = self.cross_view(feats.view(b, k, *feats.shape[1:])).reshape(b * k, *feats.shape[1:])
+        current = feats.view(b, k, *feats.shape[1:])[:, self.current]
+        size_2d = (h // LABEL_STRIDE, w // LABEL_STRIDE)
+        semantic_2d = self.semantic_2d(current, size_2d)
+        depth_logits, depth = self.depth(current, size_2d)
+        proposal_logits, _ = self.proposal(depth, projections[:, self.current], (h, w))
+        proposed = proposal_logits.detach().sigmoid() > self.cfg.proposal_threshold
+        voxel_features = self.transformer(feats, projections, (h, w), proposed)
+        logits = self.head(voxel_features)
+        return {
+            "logits": logits,
+            "voxel_features": voxel_features,
+            "semantic_2d": semantic_2d,
+            "depth": depth,
+            "depth_logits": depth_logits,
+            "proposal_logits": proposal_logits,
+            "proposed": proposed,
+        }

@@ -1,0 +1,205 @@
+"""The MonoOcc network: deformable attention against a slow reference, shapes and gradients of
+every config, the model's projection geometry on a synthetic frame, losses and configs."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from monoocc_ros.data.synth import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB, SequenceRenderer, generate_world
+from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, lidar_projection, resize_projection
+from monoocc_ros.model.config import ConfigError, ModelConfig, load_named_config
+from monoocc_ros.model.deformable import DeformableAttention
+from monoocc_ros.model.losses import MonoOccLoss, geo_scal_loss, masked_feature_mse, sem_scal_loss
+from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.model.voxel_transformer import project_reference_points
+
+
+def reference_deformable(attn: DeformableAttention, query, reference, value, spatial):
+    """Obviously correct deformable attention: loops over batch, query, head and point, and
+    interpolates by summing over the 2^ndim neighbouring cells with (1 - distance) weights,
+    zero outside the map (grid_sample's align_corners=False, zeros padding)."""
+    b_, n_, c = query.shape
+    h, p_, ch = attn.heads, attn.points, c // attn.heads
+    v = attn.value_proj(value).view(b_, *spatial, c)
+    offsets = attn.sampling_offsets(query).view(b_, n_, h, p_, attn.ndim)
+    weights = attn.attention_weights(query).view(b_, n_, h, p_).softmax(-1)
+    size = torch.tensor(spatial[::-1], dtype=query.dtype)
+    out = torch.zeros(b_, n_, c, dtype=query.dtype)
+    for b, n, hh, p in itertools.product(range(b_), range(n_), range(h), range(p_)):
+        loc = reference[b, n] + offsets[b, n, hh, p] / size
+        coord = (loc * size - 0.5).flip(0)  # continuous cell coordinates, spatial order
+        base = torch.floor(coord).long()
+        sample = torch.zeros(ch, dtype=query.dtype)
+        for corner in itertools.product((0, 1), repeat=attn.ndim):
+            idx = base + torch.tensor(corner)
+            w = torch.prod(1 - (coord - idx).abs())
+            if all(0 <= int(i) < s for i, s in zip(idx, spatial, strict=True)):
+                sample += w * v[(b, *idx.tolist())][hh * ch : (hh + 1) * ch]
+        out[b, n, hh * ch : (hh + 1) * ch] += weights[b, n, hh, p] * sample
+    return attn.output_proj(out)
+
+
+@pytest.mark.parametrize("ndim,spatial", [(2, (5, 7)), (3, (4, 5, 3))])
+def test_deformable_attention_matches_reference(ndim, spatial):
+    torch.manual_seed(0)
+    attn = DeformableAttention(8, heads=2, points=3, ndim=ndim, chunk=4).double()
+    for prm in attn.parameters():  # random weights, so offsets and attention weights are non-trivial
+        torch.nn.init.normal_(prm, std=0.5)
+    query = torch.randn(2, 6, 8, dtype=torch.float64)
+    reference = torch.rand(2, 6, ndim, dtype=torch.float64) * 1.2 - 0.1  # some samples fall outside
+    value = torch.randn(2, int(np.prod(spatial)), 8, dtype=torch.float64)
+    fast = attn(query, reference, value, spatial)
+    slow = reference_deformable(attn, query, reference, value, spatial)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    attn.chunk = 1000  # chunking does not change the result
+    torch.testing.assert_close(attn(query, reference, value, spatial), fast, atol=1e-12, rtol=0)
+
+
+def _inputs(cfg: ModelConfig, batch: int = 1):
+    h, w = round(IMAGE_HEIGHT * cfg.image_scale), round(IMAGE_WIDTH * cfg.image_scale)
+    p = resize_projection(lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"]), w / IMAGE_WIDTH, h / IMAGE_HEIGHT)
+    k = len(cfg.frame_offsets)
+    proj = torch.tensor(p, dtype=torch.float32).expand(batch, k, 3, 4).clone()
+    return torch.rand(batch, k, 3, h, w), proj
+
+
+def _fake_batch(cfg: ModelConfig, out: dict, batch: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    full = tuple(out["logits"].shape[2:])
+    q = tuple(out["proposal_logits"].shape[1:])
+    h2, w2 = out["depth"].shape[1:]
+    return {
+        "target_out": torch.randint(0, 20, (batch, *full), generator=g),
+        "target_q": torch.randint(0, 20, (batch, *q), generator=g),
+        "labels_2d": torch.randint(0, 20, (batch, h2, w2), generator=g),
+        "depth_2d": torch.rand(batch, h2, w2, generator=g) * 40,
+    }
+
+
+@pytest.mark.parametrize("name", ["student_tiny", "teacher_tiny"])
+def test_tiny_configs_shapes_and_gradients(name):
+    torch.manual_seed(0)
+    cfg = load_named_config(name)
+    model = MonoOcc(cfg).train()
+    # Deformable DETR initialises offset and weight projections to zero, which makes the
+    # positional encodings' first gradient exactly zero; nudge them as one training step would.
+    for module in model.modules():
+        if isinstance(module, DeformableAttention):
+            torch.nn.init.normal_(module.sampling_offsets.weight, std=1e-3)
+            torch.nn.init.normal_(module.attention_weights.weight, std=1e-3)
+    images, proj = _inputs(cfg, batch=2)
+    out = model(images, proj)
+    og, qg = cfg.output_grid.shape, cfg.query_grid.shape
+    assert out["logits"].shape == (2, 20, *og)
+    assert out["voxel_features"].shape == (2, cfg.embed_dim, *qg)
+    assert out["proposal_logits"].shape == (2, *qg)
+    assert out["semantic_2d"].shape == (2, 20, images.shape[-2] // 4, images.shape[-1] // 4)
+    batch = _fake_batch(cfg, out, 2)
+    loss_cfg = cfg.loss.__class__(distill_feature=1.0)
+    teacher = {"voxel_features": torch.randn_like(out["voxel_features"]), "logits": out["logits"].detach()}
+    terms = MonoOccLoss(loss_cfg)(out, batch, "target_out", "target_q", teacher=teacher)
+    assert set(terms) >= {"ce", "sem_scal", "geo_scal", "semantic_2d", "proposal", "depth", "distill_feature"}
+    terms["total"].backward()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("backbone.stem", "backbone.layer1")) for n in frozen)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    zero = [n for n, p in model.named_parameters() if p.requires_grad and not p.grad.abs().sum() > 0]
+    # the frame embedding rows beyond K and nothing else may have zero gradient
+    assert all("frame_embed" in n for n in zero), zero
+
+
+@pytest.mark.slow
+def test_paper_size_student_forward_on_cpu():
+    torch.manual_seed(0)
+    cfg = load_named_config("student_small")
+    assert (cfg.embed_dim, cfg.query_grid.shape, cfg.output_grid.shape) == (128, (128, 128, 16), (256, 256, 32))
+    assert (cfg.cross_layers, cfg.self_layers, cfg.icca_layers, cfg.heads, cfg.points) == (3, 2, 3, 8, 8)
+    model = MonoOcc(cfg).eval()
+    images, proj = _inputs(cfg)
+    with torch.no_grad():
+        out = model(images, proj)
+    assert out["logits"].shape == (1, 20, 256, 256, 32)
+    assert out["voxel_features"].shape == (1, 128, 128, 128, 16)
+    assert torch.isfinite(out["logits"]).all()
+
+
+def test_teacher_small_builds_with_paper_sizes():
+    cfg = load_named_config("teacher_small")
+    assert cfg.is_teacher and cfg.frame_offsets == (-12, -9, -6, -3, 0) and cfg.cross_view_blocks == 6
+    model = MonoOcc(cfg)
+    assert model.cross_view is not None and len(model.cross_view.blocks) == 6
+    # Cross-view transformer on five frames' stride-16 maps keeps their shape.
+    feats = torch.randn(1, 5, 128, 24, 78)
+    with torch.no_grad():
+        assert model.cross_view(feats).shape == feats.shape
+
+
+def test_model_projection_lands_on_rendered_class():
+    """Centres of the car voxels the camera sees, projected by the transformer's own function
+    into the half-size image the tiny model sees, land on pixels rendered as car."""
+    world = generate_world(np.random.default_rng([11, 0]), 60.0)
+    frame = SequenceRenderer(world, np.array([0.0]), seed=11).render(0)
+    cfg = load_named_config("student_tiny")
+    _, proj = _inputs(cfg)
+    h, w = round(IMAGE_HEIGHT * cfg.image_scale), round(IMAGE_WIDTH * cfg.image_scale)
+    car = (frame["labels"] == 1) & frame["bin"]
+    centers = torch.from_numpy(SEMANTIC_KITTI_GRID.voxel_centers()[car])
+    ref, visible = project_reference_points(centers, proj, (h, w))
+    assert visible.float().mean() > 0.95 and visible.sum() > 50
+    px = (ref[0, 0][visible[0, 0]] * torch.tensor([IMAGE_WIDTH, IMAGE_HEIGHT]) - 0.5).round().long()
+    px[:, 0].clamp_(0, IMAGE_WIDTH - 1)
+    px[:, 1].clamp_(0, IMAGE_HEIGHT - 1)
+    hits = frame["label_image"][px[:, 1].numpy(), px[:, 0].numpy()]
+    assert (hits == 1).mean() > 0.7, np.bincount(hits)  # edges see past the car; wrong geometry gives ~0
+
+
+def test_scal_losses_reward_correct_predictions():
+    target = torch.tensor([[0, 0, 1, 2, 255]])
+    good = torch.full((1, 20, 5), -10.0)
+    good[0, 0, :2] = good[0, 1, 2] = good[0, 2, 3] = 10.0
+    bad = torch.full((1, 20, 5), -10.0)
+    bad[0, 3] = 10.0
+    assert sem_scal_loss(good, target) < 1e-3 < sem_scal_loss(bad, target)
+    assert geo_scal_loss(good, target) < 1e-3 < geo_scal_loss(bad, target)
+    f = torch.zeros(1, 2, 2, 1, 1)
+    t = torch.ones(1, 2, 2, 1, 1)
+    mask = torch.tensor([[[[True]], [[False]]]])
+    assert masked_feature_mse(f, t, mask) == pytest.approx(1.0)
+    assert masked_feature_mse(f, t, torch.zeros_like(mask)) == 0
+
+
+def test_loss_terms_switch_off():
+    cfg = load_named_config("student_tiny")
+    off = cfg.loss.__class__(ce=1.0, sem_scal=0, geo_scal=0, semantic_2d=0, proposal=0, depth=0)
+    out = {
+        "logits": torch.randn(1, 20, 2, 2, 2),
+        "proposal_logits": torch.randn(1, 2, 2, 2),
+        "depth": torch.rand(1, 3, 3),
+        "semantic_2d": torch.randn(1, 20, 3, 3),
+    }
+    batch = {
+        "t": torch.zeros(1, 2, 2, 2, dtype=torch.long),
+        "labels_2d": torch.zeros(1, 3, 3, dtype=torch.long),
+        "depth_2d": torch.ones(1, 3, 3),
+    }
+    terms = MonoOccLoss(off)(out, batch, "t", "t")
+    assert set(terms) == {"ce", "total"}
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['embed'\]"):
+        ModelConfig.from_dict({"name": "x", "embed": 3})
+    with pytest.raises(ConfigError, match="divisible by heads"):
+        ModelConfig.from_dict({"name": "x", "embed_dim": 30, "heads": 8})
+    with pytest.raises(ConfigError, match="must contain 0"):
+        ModelConfig.from_dict({"name": "x", "frame_offsets": [-3, -1]})
+    with pytest.raises(ConfigError, match="backbone"):
+        ModelConfig.from_dict({"name": "x", "backbone": "vgg"})
+    with pytest.raises(FileNotFoundError, match="have"):
+        load_named_config("nonexistent")
+    assert load_named_config("student_tiny").output_grid.shape == (128, 128, 16)
