@@ -26,6 +26,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
     bmsg.add_argument("--json", help="also write the figures to this JSON file")
+    bmodel = bench_sub.add_parser("model", help="parameters, forward latency and peak memory per model config")
+    bmodel.add_argument("--configs", nargs="+", help="config names (default: all four shipped configs)")
+    bmodel.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bmodel.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
+    bmodel.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
+    bmodel.add_argument("--json", help="also write the figures to this JSON file")
     return parser
 
 
@@ -46,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.benchmarks import msg
 
         return msg.main(args.json)
+    if args.command == "bench" and args.what == "model":
+        from monoocc_ros.benchmarks import model
+
+        return model.main(args.configs, args.device, args.repeats, args.half, args.json)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -1,0 +1,131 @@
+"""Checkpoint files: one `torch.save` dict that carries everything needed to rebuild and trust a model.
+
+Keys: format (int), model_config (dict), class_names, weights (state_dict), and optionally
+optimizer, scheduler, scaler, step, epoch, metrics, train_config, code_version. Loading checks
+every part and says exactly what is wrong: a missing or truncated file, a file that is not a
+checkpoint, a class table that is not ours, or weights that do not fit the config (naming the
+mismatched keys).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monoocc_ros import __version__
+from monoocc_ros.classes import CLASS_NAMES
+from monoocc_ros.model.config import ConfigError, ModelConfig
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, incomplete or does not match what is asked of it."""
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights: dict, **extra: Any) -> None:
+    """Write atomically (temporary file + rename), so an interrupted save never leaves a
+    truncated checkpoint where a good one was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_config": model_config.to_dict(),
+        "class_names": list(CLASS_NAMES),
+        "weights": weights,
+        "code_version": code_version(),
+        **extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; returns the dict with `model_config` as a ModelConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for corrupt / truncated files
+        raise CheckpointError(
+            f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: {exc.__class__.__name__}: {exc}; "
+            "is it truncated or not a monoocc_ros checkpoint?"
+        ) from exc
+    if not isinstance(data, dict) or "weights" not in data or "model_config" not in data:
+        keys = sorted(data)[:10] if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is not a monoocc_ros checkpoint (expected keys model_config, weights; got {keys})"
+        )
+    if data.get("format", 0) > FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {data['format']}; this code reads up to {FORMAT}")
+    if list(data.get("class_names", [])) != list(CLASS_NAMES):
+        raise CheckpointError(
+            f"checkpoint {path} was trained for classes {data.get('class_names')}, not the 20 SemanticKITTI classes"
+        )
+    try:
+        data["model_config"] = ModelConfig.from_dict(dict(data["model_config"]), f"{path} model_config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return data
+
+
+def check_weights_match(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """Raise CheckpointError naming missing/unexpected/mis-shaped keys instead of torch's generic error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) e.g. {missing[:4]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[:4]}")
+        if shapes:
+            parts.append(
+                "shape mismatch in "
+                + ", ".join(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:4])
+            )
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+
+
+def config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Names (dotted) of config keys whose values differ."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for key in sorted(set(da) | set(db)):
+        va, vb = da.get(key), db.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += [f"{key}.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+        elif va != vb:
+            out.append(key)
+    return out
+
+
+def build_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """(model in eval mode, checkpoint dict)."""
+    from monoocc_ros.model.monoocc import MonoOcc
+
+    data = load_checkpoint(path, map_location)
+    model = MonoOcc(data["model_config"])
+    check_weights_match(model, data["weights"], f"checkpoint {path}")
+    model.load_state_dict(data["weights"])
+    return model.eval(), data
