@@ -22,6 +22,21 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="world seed; same seed, same files (default 0)")
     synth.add_argument("--first-sequence", type=int, default=0, help="number of the first sequence (default 0)")
 
+    train = sub.add_parser("train", help="train a teacher or a (distilled) student; torchrun for several processes")
+    train.add_argument("--config", required=True, help="training config YAML (config/train/*.yaml)")
+    train.add_argument("--resume", help="checkpoint (last.pt) to continue exactly from")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (YAML values)")
+
+    ev = sub.add_parser("eval", help="SSC metrics of a checkpoint on a SemanticKITTI-format split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
+    ev.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
+    ev.add_argument("--predictions", help="write sequences/XX/predictions/NNNNNN.label (raw ids) under this root")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", help="also write the scores to this JSON file")
+
     bench = sub.add_parser("bench", help="run a benchmark and print a table")
     bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
@@ -48,6 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         n = args.sequences * args.frames
         print(f"wrote {n} frames to {root} in {dt:.1f} s ({n / dt:.2f} frames/s)")
         return 0
+    if args.command == "train":
+        import yaml
+
+        from monoocc_ros.trainer.config import TrainConfig
+        from monoocc_ros.trainer.engine import train
+
+        overrides = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            overrides[key] = yaml.safe_load(value)
+        result = train(TrainConfig.from_yaml(args.config, overrides), resume=args.resume, device=args.device)
+        return 0 if result["step"] > 0 else 1
+    if args.command == "eval":
+        from monoocc_ros.trainer.evaluate import main as eval_main
+
+        return eval_main(args)
     if args.command == "bench" and args.what == "msg":
         from monoocc_ros.benchmarks import msg
 

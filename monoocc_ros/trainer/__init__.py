@@ -1,0 +1,1 @@
+"""The offline trainer: `monoocc train | eval` (config, engine, evaluation)."""

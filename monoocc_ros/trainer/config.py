@@ -1,0 +1,96 @@
+"""Training configuration: a typed dataclass loaded from YAML (`config/train/*.yaml`), validated once.
+
+Defaults are the paper's recipe: AdamW lr 2e-4, weight decay 0.01, grad-norm clip 35, cosine
+schedule with 500 warm-up iterations, 20 epochs, batch 1 per process, seed 42.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monoocc_ros.model.config import ConfigError
+
+STAGES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    model: str  # model config name (config/model/NAME.yaml) or a YAML path
+    data_root: str
+    stage: str = "student"  # teacher: multi-frame model; student: monocular (distilled if a teacher is given)
+    teacher_checkpoint: str | None = None  # frozen teacher for distillation (student stage)
+    train_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's train split, those present
+    val_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's val split (08), those present
+    epochs: int = 20
+    max_steps: int | None = None  # stop after this many optimizer steps (short runs, tests)
+    batch_size: int = 1  # per process
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    seed: int = 42
+    amp: bool = True  # CUDA only; ignored on the CPU
+    num_workers: int = 2
+    out_dir: str | None = None  # default runs/<name>
+    eval_every: int = 1  # epochs between validations (0: only at the end)
+    log_every: int = 10  # optimizer steps between CSV/TensorBoard rows
+    save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"train config {self.name!r}: {key} {why}")
+
+        if self.stage not in STAGES:
+            raise bad("stage", f"must be one of {STAGES}, got {self.stage!r}")
+        if self.stage == "teacher" and self.teacher_checkpoint:
+            raise bad("teacher_checkpoint", "is only used by the student stage")
+        for key in ("epochs", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", "must be >= 1 when given")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_iters < 0:
+            raise bad("lr/weight_decay/grad_clip/warmup_iters", "must be positive (lr) or >= 0")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of training settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("name", "model", "data_root") if k not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {missing}")
+        data = dict(data)
+        for key in ("train_sequences", "val_sequences"):
+            if data.get(key) is not None:
+                data[key] = tuple(f"{int(s):02d}" if str(s).isdigit() else str(s) for s in data[key])
+        try:
+            return cls(**data)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"train config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        data.update(overrides or {})
+        return cls.from_dict(data, str(path))

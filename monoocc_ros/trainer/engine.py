@@ -1,0 +1,427 @@
+"""The training loop: one process or many through PyTorch DistributedDataParallel (launch with
+`torchrun --nproc_per_node N -m monoocc_ros.cli train ...`; gloo on the CPU, NCCL on CUDA),
+AMP on CUDA, gradient accumulation, exact resume, tqdm progress, TensorBoard and CSV logs.
+
+Exact resume: the shuffling of every epoch is a function of (seed, epoch) (DistributedSampler),
+a checkpoint stores the position inside the epoch, the optimizer, scheduler, scaler and the RNG
+state, so a resumed run sees the same batches with the same dropout masks as an uninterrupted one
+(on the CPU with the same thread count the loss curve continues bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from monoocc_ros.checkpoint import (
+    CheckpointError,
+    build_model_from_checkpoint,
+    check_weights_match,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
+from monoocc_ros.data.dataset import SPLITS, DatasetConfig, SemanticKITTIDataset, list_sequences
+from monoocc_ros.inference import resolve_device
+from monoocc_ros.metrics import SSCMetrics, SSCScores
+from monoocc_ros.model.config import ModelConfig, load_named_config
+from monoocc_ros.model.losses import MonoOccLoss
+from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.trainer.config import TrainConfig
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), else run as one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def image_size(cfg: ModelConfig) -> tuple[int, int]:
+    from monoocc_ros.inference import TRAIN_SIZE
+
+    return round(TRAIN_SIZE[0] * cfg.image_scale), round(TRAIN_SIZE[1] * cfg.image_scale)
+
+
+def target_key(scale: int) -> str:
+    return "target" if scale == 1 else f"target_{scale}"
+
+
+def resolve_sequences(root: str, wanted: tuple[str, ...] | None, split: str) -> tuple[str, ...]:
+    present = list_sequences(root)
+    if wanted is not None:
+        missing = [s for s in wanted if s not in present]
+        if missing:
+            raise FileNotFoundError(f"sequences {missing} not found under {root}/sequences (have {present})")
+        return tuple(wanted)
+    chosen = tuple(s for s in SPLITS[split] if s in present)
+    if not chosen:
+        raise FileNotFoundError(
+            f"none of the {split} split's sequences {SPLITS[split]} exist under {root}/sequences (have {present}); "
+            "name the sequences explicitly (--sequences, or train_sequences/val_sequences in the config)"
+        )
+    return chosen
+
+
+def make_dataset(
+    model_cfg: ModelConfig, root: str, sequences: tuple[str, ...], offsets: tuple[int, ...]
+) -> SemanticKITTIDataset:
+    scales = sorted({model_cfg.output_scale, model_cfg.query_scale} - {1})
+    return SemanticKITTIDataset(
+        DatasetConfig(
+            root=root,
+            sequences=sequences,
+            image_size=image_size(model_cfg),
+            frame_offsets=offsets if len(offsets) > 1 else (),
+            downsample=tuple(scales),
+        )
+    )
+
+
+def model_inputs(batch: dict, cfg: ModelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (B, K, 3, H, W), projections (B, K, 3, 4)) for a student (K=1) or a teacher."""
+    if cfg.is_teacher:
+        return batch["other_images"].to(device), batch["other_projections"].to(device)
+    return batch["image"][:, None].to(device), batch["projection"][:, None].to(device)
+
+
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine to 0 at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def expand_logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 20, X, Y, Z) -> (B, 256, 256, 32) labels on the SemanticKITTI grid."""
+    from monoocc_ros.inference import expand_to_full_grid
+
+    labels = logits.argmax(1)
+    factor = 256 // labels.shape[1]
+    return torch.stack([expand_to_full_grid(lab, factor) for lab in labels])
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: SemanticKITTIDataset,
+    device: torch.device,
+    predictions_root: Path | None = None,
+    progress: bool = True,
+    amp: bool = False,
+) -> SSCScores:
+    """SSC metrics on the full 256x256x32 grid (coarser outputs are repeated), as the official
+    evaluator; optionally writes predictions as SemanticKITTI raw-id .label files."""
+    from monoocc_ros.classes import train_to_raw
+    from monoocc_ros.data import formats as F
+
+    cfg = model.cfg
+    model.eval()
+    metrics = SSCMetrics()
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, generator=torch.Generator())
+    for batch in tqdm(loader, desc="eval", unit="frame", disable=not progress, leave=False):
+        images, proj = model_inputs(batch, cfg, device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            logits = model(images, proj)["logits"].float()
+        pred = expand_logits_to_labels(logits).cpu().numpy().astype("uint8")
+        metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy())
+        if predictions_root is not None:
+            seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
+            out = predictions_root / "sequences" / seq / "predictions"
+            out.mkdir(parents=True, exist_ok=True)
+            F.write_voxel_labels(out / f"{frame:06d}.label", train_to_raw(pred[0]))
+    return metrics.scores()
+
+
+class _CSVLog:
+    def __init__(self, path: Path) -> None:
+        self.path, self.fields = path, None
+
+    def write(self, row: dict) -> None:
+        new = not self.path.exists()
+        if self.fields is None:
+            if not new:
+                with self.path.open() as f:
+                    self.fields = next(csv.reader(f), None)
+            self.fields = self.fields or list(row)
+        extra = [k for k in row if k not in self.fields]
+        if extra:  # a new column (e.g. first validation): rewrite the header in place
+            rows = list(csv.DictReader(self.path.open())) if not new else []
+            self.fields += extra
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, self.fields)
+                w.writeheader()
+                w.writerows(rows)
+            new = False
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, self.fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Run training; returns {"step", "losses" (per step), "metrics" (last validation), "model"}.
+    `stop_after`: save last.pt and return after this many steps, as an interrupted run would."""
+    dev = resolve_device(device)
+    info = init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    model_cfg = load_named_config(cfg.model)
+    if (cfg.stage == "teacher") != model_cfg.is_teacher:
+        raise ValueError(
+            f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
+            f"{model_cfg.name} has frame_offsets {model_cfg.frame_offsets}"
+        )
+    torch.manual_seed(cfg.seed)
+    teacher = None
+    if cfg.teacher_checkpoint:
+        teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+        tc = tdata["model_config"]
+        if (tc.embed_dim, tc.query_scale, tc.output_scale) != (
+            model_cfg.embed_dim,
+            model_cfg.query_scale,
+            model_cfg.output_scale,
+        ):
+            raise ValueError(
+                f"teacher {tc.name} (embed_dim {tc.embed_dim}, query_scale {tc.query_scale}) cannot teach "
+                f"{model_cfg.name} (embed_dim {model_cfg.embed_dim}, query_scale {model_cfg.query_scale})"
+            )
+        teacher = teacher.to(dev).eval().requires_grad_(False)
+    offsets = teacher.cfg.frame_offsets if teacher is not None else model_cfg.frame_offsets
+
+    train_set = make_dataset(
+        model_cfg, cfg.data_root, resolve_sequences(cfg.data_root, cfg.train_sequences, "train"), offsets
+    )
+    val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
+    val_set = make_dataset(model_cfg, cfg.data_root, val_seqs, model_cfg.frame_offsets)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = MonoOcc(model_cfg).to(dev)
+    loss_fn = MonoOccLoss(model_cfg.loss).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = DistributedSampler(
+        train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    batches_per_epoch = len(sampler) // cfg.batch_size
+    if batches_per_epoch < cfg.grad_accum:
+        raise ValueError(
+            f"{len(train_set)} training frames give {batches_per_epoch} batches per process, "
+            f"fewer than grad_accum={cfg.grad_accum}"
+        )
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total_steps = min(total_steps, cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_iters, total_steps))
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    step, epoch, step_in_epoch, metrics = 0, 0, 0, {}
+    out_dir = cfg.output_dir
+    if resume:
+        ckpt = load_checkpoint(resume, map_location="cpu")
+        diff = config_differences(ckpt["model_config"], model_cfg)
+        if diff:
+            raise CheckpointError(
+                f"checkpoint {resume} was trained with a different model config; mismatched keys: {diff}"
+            )
+        train_ckpt = ckpt.get("train_config", {})
+        for key in ("stage", "batch_size", "grad_accum", "seed"):
+            if key in train_ckpt and train_ckpt[key] != getattr(cfg, key):
+                raise CheckpointError(
+                    f"checkpoint {resume} has {key}={train_ckpt[key]!r}, this config {getattr(cfg, key)!r}: "
+                    "resume would not continue the same run"
+                )
+        check_weights_match(model, ckpt["weights"], f"checkpoint {resume}")
+        model.load_state_dict(ckpt["weights"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
+        metrics = ckpt.get("metrics", {})
+        if "rng_state" in ckpt:
+            torch.set_rng_state(ckpt["rng_state"])
+    else:
+        torch.manual_seed(cfg.seed + info.rank)
+
+    ddp_model = model
+    if info.world_size > 1:
+        # Unused parameters happen legitimately (no proposed voxels -> no cross-attention).
+        device_ids = [dev.index] if dev.type == "cuda" else None
+        ddp_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    writer = None
+    csv_log = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        csv_log = _CSVLog(out_dir / "metrics.csv")
+
+    def save(name: str) -> None:
+        if not info.is_main:
+            return
+        save_checkpoint(
+            out_dir / name,
+            model_cfg,
+            model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(),
+            step=step,
+            epoch=epoch,
+            step_in_epoch=step_in_epoch,
+            metrics=metrics,
+            train_config=cfg.to_dict(),
+            rng_state=torch.get_rng_state(),
+        )
+
+    losses: list[float] = []
+    last_scores: SSCScores | None = None
+    best = metrics.get("miou", -1.0)
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=not (progress and info.is_main))
+    while step < total_steps:
+        sampler.set_epoch(epoch)
+        indices = list(sampler)[step_in_epoch * cfg.grad_accum * cfg.batch_size :]
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=indices,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            # Its own generator: creating a loader mid-epoch (on resume) must not consume the
+            # global RNG that drives dropout, or the resumed run would diverge.
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )
+        ddp_model.train()
+        t_last, frames = time.perf_counter(), 0
+        accum: dict[str, float] = {}
+        for i, batch in enumerate(loader):
+            images, proj = model_inputs(batch, model_cfg, dev)
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    t_out = teacher(batch["other_images"].to(dev), batch["other_projections"].to(dev))
+                t_out = {k: v.float() for k, v in t_out.items()}
+                images, proj = batch["image"][:, None].to(dev), batch["projection"][:, None].to(dev)
+            else:
+                t_out = None
+            targets = {k: v.to(dev) for k, v in batch.items() if k.startswith(("target", "labels_2d", "depth_2d"))}
+            sync = (i + 1) % cfg.grad_accum == 0
+            ctx = ddp_model.no_sync() if (info.world_size > 1 and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                out = ddp_model(images, proj)
+                terms = loss_fn(
+                    out, targets, target_key(model_cfg.output_scale), target_key(model_cfg.query_scale), t_out
+                )
+                scaler.scale(terms["total"] / cfg.grad_accum).backward()
+            for k, v in terms.items():
+                accum[k] = accum.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            frames += images.shape[0] * info.world_size
+            if not sync:
+                continue
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            step_in_epoch += 1
+            losses.append(accum["total"])
+            now = time.perf_counter()
+            fps = frames / max(now - t_last, 1e-9)
+            bar.set_postfix(loss=f"{accum['total']:.3f}", fps=f"{fps:.2f}")
+            bar.update(1)
+            if info.is_main and (step % cfg.log_every == 0 or step == total_steps):
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "frames_per_s": fps,
+                    **{f"loss/{k}": v for k, v in accum.items()},
+                }
+                csv_log.write(row)
+                for k, v in row.items():
+                    if k not in ("step", "epoch"):
+                        writer.add_scalar(k, v, step)
+            t_last, frames, accum = now, 0, {}
+            if stop_after is not None and step >= stop_after:
+                save("last.pt")
+                bar.close()
+                return {"step": step, "losses": losses, "metrics": metrics, "model": model}
+            if cfg.save_every and step % cfg.save_every == 0:
+                save("last.pt")
+            if step >= total_steps or step_in_epoch >= steps_per_epoch:
+                break
+        if step_in_epoch >= steps_per_epoch:
+            epoch += 1
+            step_in_epoch = 0
+            end_of_epoch = True
+        else:
+            end_of_epoch = False
+        finished = step >= total_steps
+        if info.is_main and (finished or (end_of_epoch and cfg.eval_every and epoch % cfg.eval_every == 0)):
+            scores = evaluate(model, val_set, dev, progress=progress, amp=use_amp)
+            last_scores = scores
+            metrics = {
+                "completion_iou": scores.completion_iou,
+                "miou": scores.miou,
+                "precision": scores.precision,
+                "recall": scores.recall,
+                "small_object_iou": scores.small_object_iou,
+                "step": step,
+                "class_iou": list(scores.class_iou),
+            }
+            csv_log.write(
+                {"step": step, "epoch": epoch, "val/completion_iou": scores.completion_iou, "val/miou": scores.miou}
+            )
+            writer.add_scalar("val/completion_iou", scores.completion_iou, step)
+            writer.add_scalar("val/miou", scores.miou, step)
+            if scores.miou > best:
+                best = scores.miou
+                save("best.pt")
+        save("last.pt")
+    bar.close()
+    if info.is_main:
+        writer.close()
+        if last_scores is not None:
+            print(f"validation on sequences {list(val_seqs)} after {step} steps:")
+            print(last_scores.table())
+    if info.world_size > 1:
+        dist.barrier()
+    return {"step": step, "losses": losses, "metrics": metrics, "model": model}

@@ -1,0 +1,136 @@
+"""The trainer: exact resume, two-process DDP (gloo), config mismatch errors, evaluation output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from monoocc_ros.checkpoint import CheckpointError, load_checkpoint
+from monoocc_ros.classes import raw_to_train
+from monoocc_ros.data import formats as F
+from monoocc_ros.data.synth import synthesize
+from monoocc_ros.trainer.config import TrainConfig
+from monoocc_ros.trainer.engine import lr_lambda, train
+from monoocc_ros.trainer.evaluate import evaluate_checkpoint
+
+# A micro model so that each training step takes a fraction of a second on 2 cores.
+MICRO = {
+    "name": "micro", "backbone": "resnet18", "embed_dim": 16, "image_scale": 0.25, "output_scale": 4,
+    "query_scale": 8, "cross_layers": 1, "self_layers": 1, "icca_layers": 1, "heads": 2, "points": 2,
+    "ffn_dim": 32, "depth_bins": 16, "proposal_channels": 8, "dropout": 0.1,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer_data")
+    synthesize(root, sequences=1, frames=6, seed=5)  # train: sequence 00
+    synthesize(root, sequences=1, frames=2, seed=6, first_sequence=8)  # val: sequence 08, another world
+    return root
+
+
+def _config(tmp_path: Path, data_root: Path, **over) -> TrainConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model_yaml = tmp_path / "micro.yaml"
+    model_yaml.write_text(yaml.safe_dump(MICRO))
+    base = {"name": "t", "model": str(model_yaml), "data_root": str(data_root), "stage": "student", "epochs": 2,
+            "max_steps": 6, "warmup_iters": 2, "num_workers": 0, "out_dir": str(tmp_path / "run"), "log_every": 1,
+            "eval_every": 0}  # fmt: skip
+    base.update(over)
+    return TrainConfig.from_dict(base)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_lambda(0, 500, 10_000) == pytest.approx(1 / 500)
+    assert lr_lambda(499, 500, 10_000) == pytest.approx(1.0)
+    assert lr_lambda(5250, 500, 10_000) == pytest.approx(0.5)
+    assert lr_lambda(10_000, 500, 10_000) == pytest.approx(0.0)
+
+
+def test_resume_continues_the_loss_curve_exactly(tmp_path, data_root):
+    torch.set_num_threads(2)
+    straight = train(_config(tmp_path / "a", data_root), device="cpu", progress=False)
+    assert straight["step"] == 6 and len(straight["losses"]) == 6
+    cfg_b = _config(tmp_path / "b", data_root)
+    first = train(cfg_b, device="cpu", progress=False, stop_after=4)  # crosses an epoch boundary (3 steps/epoch)
+    ckpt = cfg_b.output_dir / "last.pt"
+    assert load_checkpoint(ckpt)["step"] == 4
+    rest = train(cfg_b, resume=str(ckpt), device="cpu", progress=False)
+    resumed = first["losses"] + rest["losses"]
+    np.testing.assert_allclose(resumed, straight["losses"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(rest["model"].state_dict().values(), straight["model"].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the run left its logs and a final validation
+    csv = (cfg_b.output_dir / "metrics.csv").read_text()
+    assert "loss/total" in csv and "val/miou" in csv
+    assert list((cfg_b.output_dir / "tensorboard").glob("events.*"))
+    data = load_checkpoint(ckpt)
+    assert set(data) >= {"optimizer", "scheduler", "step", "metrics", "code_version", "model_config", "weights"}
+    assert 0 <= data["metrics"]["completion_iou"] <= 100
+
+
+def test_resume_with_another_config_names_the_keys(tmp_path, data_root):
+    cfg = _config(tmp_path, data_root, max_steps=1)
+    train(cfg, device="cpu", progress=False)
+    other = dict(MICRO, embed_dim=32, heads=4)
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    cfg2 = _config(tmp_path, data_root, max_steps=2, model=str(tmp_path / "other.yaml"))
+    with pytest.raises(CheckpointError, match=r"mismatched keys: \['embed_dim', 'heads'\]"):
+        train(cfg2, resume=str(cfg.output_dir / "last.pt"), device="cpu", progress=False)
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_root):
+    cfg = _config(tmp_path, data_root, max_steps=2, epochs=1, warmup_iters=1)
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}))
+    script = tmp_path / "ddp_check.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from monoocc_ros.trainer.config import TrainConfig\n"
+        "from monoocc_ros.trainer.engine import train\n"
+        "torch.set_num_threads(1)\n"
+        "r = train(TrainConfig.from_yaml(sys.argv[1]), device='cpu', progress=False)\n"
+        "flat = torch.cat([p.detach().flatten() for p in r['model'].parameters()])\n"
+        "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
+        "dist.all_gather(gathered, flat)\n"
+        "diff = max(float((g - gathered[0]).abs().max()) for g in gathered)\n"
+        "print('STEPS', r['step'], 'MAXDIFF', diff, 'WORLD', dist.get_world_size(), flush=True)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(29500 + os.getpid() % 1000), str(script), str(cfg_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("STEPS")]
+    assert len(lines) == 2, proc.stdout
+    for ln in lines:
+        parts = ln.split()
+        assert parts[1] == "2" and parts[5] == "2"
+        assert float(parts[3]) == 0.0  # DDP keeps both ranks' weights bit-identical
+
+
+def test_eval_writes_semantickitti_predictions(tmp_path, data_root):
+    cfg = _config(tmp_path, data_root, max_steps=1)
+    train(cfg, device="cpu", progress=False)
+    out = tmp_path / "preds"
+    scores = evaluate_checkpoint(
+        str(cfg.output_dir / "last.pt"), str(data_root), "val", predictions=str(out), device="cpu", progress=False
+    )
+    files = sorted((out / "sequences" / "08" / "predictions").glob("*.label"))
+    assert [f.name for f in files] == ["000000.label", "000001.label"]
+    raw = F.read_voxel_labels(files[0])
+    assert raw.dtype == np.uint16 and raw.shape == (256, 256, 32)
+    assert (raw_to_train(raw) != 255).all()  # raw ids from the inverse map
+    assert scores.num_voxels > 0
+    with pytest.raises(FileNotFoundError, match=r"none of the test split's sequences .* \(have \['00', '08'\]\)"):
+        evaluate_checkpoint(str(cfg.output_dir / "last.pt"), str(data_root), "test", device="cpu", progress=False)
