@@ -204,3 +204,27 @@ def points_to_sparse_image(
     if labels is not None:
         label_img[px[:, 1], px[:, 0]] = np.asarray(labels)[keep][order]
     return label_img, depth_img
+
+
+# KITTI odometry sequence 00 camera (public calibration): the camera the synthetic world renders
+# with and the models are trained for. image_2 size and rectified projections; Tr: LiDAR -> camera 0.
+IMAGE_WIDTH, IMAGE_HEIGHT = 1241, 376
+KITTI_CALIB: dict[str, np.ndarray] = {
+    "P0": np.array([[718.856, 0.0, 607.1928, 0.0], [0.0, 718.856, 185.2157, 0.0], [0.0, 0.0, 1.0, 0.0]]),
+    "P1": np.array([[718.856, 0.0, 607.1928, -386.1448], [0.0, 718.856, 185.2157, 0.0], [0.0, 0.0, 1.0, 0.0]]),
+    "P2": np.array(
+        [[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.003779761]]
+    ),
+    "P3": np.array(
+        [[718.856, 0.0, 607.1928, -337.2877], [0.0, 718.856, 185.2157, 2.369057], [0.0, 0.0, 1.0, 0.004915215]]
+    ),
+    "Tr": to_homogeneous(
+        np.array(
+            [
+                [4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02],
+                [-7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02],
+                [9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01],
+            ]
+        )
+    ),
+}

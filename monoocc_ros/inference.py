@@ -27,12 +27,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, resize_image_and_projection, to_homogeneous
+from monoocc_ros.geometry import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    KITTI_CALIB,
+    SEMANTIC_KITTI_GRID,
+    resize_image_and_projection,
+    to_homogeneous,
+)
 from monoocc_ros.model.config import ModelConfig
 
-TRAIN_FOCAL = 718.856  # px, KITTI odometry P2 (the synthetic world uses the same camera)
-TRAIN_CENTER = (607.1928, 185.2157)  # px (cx, cy)
-TRAIN_SIZE = (376, 1241)  # (H, W)
+# The camera models are trained for: KITTI's image_2 (the synthetic world renders with it too).
+TRAIN_FOCAL = float(KITTI_CALIB["P2"][0, 0])  # px
+TRAIN_CENTER = (float(KITTI_CALIB["P2"][0, 2]), float(KITTI_CALIB["P2"][1, 2]))  # px (cx, cy)
+TRAIN_SIZE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from monoocc_ros.checkpoint import CheckpointError, build_model_from_checkpoint, save_checkpoint
-from monoocc_ros.data.synth import KITTI_CALIB
-from monoocc_ros.geometry import lidar_projection, project_points, resize_image_and_projection
+from monoocc_ros.geometry import KITTI_CALIB, lidar_projection, project_points, resize_image_and_projection
 from monoocc_ros.inference import Predictor, prepare_input, resolve_device
 from monoocc_ros.model.config import load_named_config
 from monoocc_ros.model.monoocc import MonoOcc

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from monoocc_ros.data.synth import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB, SequenceRenderer, generate_world
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, lidar_projection, resize_projection
+from monoocc_ros.data.synth import SequenceRenderer, generate_world
+from monoocc_ros.geometry import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    KITTI_CALIB,
+    SEMANTIC_KITTI_GRID,
+    lidar_projection,
+    resize_projection,
+)
 from monoocc_ros.model.config import ConfigError, ModelConfig, load_named_config
 from monoocc_ros.model.deformable import DeformableAttention
 from monoocc_ros.model.losses import MonoOccLoss, geo_scal_loss, masked_feature_mse, sem_scal_loss

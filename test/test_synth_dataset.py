@@ -14,8 +14,16 @@ import torch
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset
-from monoocc_ros.data.synth import CAR, IMAGE_HEIGHT, IMAGE_WIDTH, SequenceRenderer, generate_world, synthesize
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, in_image, lidar_projection, project_points
+from monoocc_ros.data.synth import CAR, SequenceRenderer, generate_world, synthesize
+from monoocc_ros.geometry import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    KITTI_CALIB,
+    SEMANTIC_KITTI_GRID,
+    in_image,
+    lidar_projection,
+    project_points,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +111,11 @@ def test_known_object_projects_onto_its_rendered_class():
     cars_seen = out["bin"] & (out["labels"] == CAR)
     assert cars_seen.sum() > 50
     centers = SEMANTIC_KITTI_GRID.voxel_centers()[cars_seen]
-    uv, depth = project_points(centers, lidar_projection(F_calib("P2"), F_calib("Tr")))
+    uv, depth = project_points(centers, lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"]))
     ok = (depth > 0) & in_image(uv, IMAGE_WIDTH, IMAGE_HEIGHT)
     px = np.rint(uv[ok]).astype(int)
     hits = out["label_image"][px[:, 1], px[:, 0]]
     assert (hits == CAR).mean() > 0.8, np.bincount(hits)
-
-
-def F_calib(key: str) -> np.ndarray:
-    from monoocc_ros.data.synth import KITTI_CALIB
-
-    return KITTI_CALIB[key]
 
 
 def test_dataset_item(synth_root):

@@ -26,7 +26,7 @@ CPU_REPEATS = {"student_tiny": 20, "teacher_tiny": 20, "student_small": 3, "teac
 def measure(name: str, device: str, repeats: int, half: bool) -> dict:
     import torch
 
-    from monoocc_ros.data.synth import KITTI_CALIB
+    from monoocc_ros.geometry import KITTI_CALIB
     from monoocc_ros.inference import prepare_input, resolve_device
     from monoocc_ros.model.config import load_named_config
     from monoocc_ros.model.monoocc import MonoOcc

@@ -36,36 +36,17 @@ import numpy as np
 from monoocc_ros.classes import train_to_raw
 from monoocc_ros.data import formats as F
 from monoocc_ros.geometry import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    KITTI_CALIB,
     SEMANTIC_KITTI_GRID,
     GridSpec,
     camera_pose_to_lidar,
     in_image,
     lidar_projection,
     project_points,
-    to_homogeneous,
 )
 
-# KITTI odometry sequence 00 calibration (public): image size and rectified projections.
-IMAGE_WIDTH, IMAGE_HEIGHT = 1241, 376
-KITTI_CALIB: dict[str, np.ndarray] = {
-    "P0": np.array([[718.856, 0.0, 607.1928, 0.0], [0.0, 718.856, 185.2157, 0.0], [0.0, 0.0, 1.0, 0.0]]),
-    "P1": np.array([[718.856, 0.0, 607.1928, -386.1448], [0.0, 718.856, 185.2157, 0.0], [0.0, 0.0, 1.0, 0.0]]),
-    "P2": np.array(
-        [[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.003779761]]
-    ),
-    "P3": np.array(
-        [[718.856, 0.0, 607.1928, -337.2877], [0.0, 718.856, 185.2157, 2.369057], [0.0, 0.0, 1.0, 0.004915215]]
-    ),
-    "Tr": to_homogeneous(
-        np.array(
-            [
-                [4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02],
-                [-7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02],
-                [9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01],
-            ]
-        )
-    ),
-}
 LIDAR_HEIGHT = 1.73  # metres above the road, as KITTI's Velodyne
 GROUND_Z = -LIDAR_HEIGHT
 FRAME_PERIOD = 0.1  # s (10 Hz)

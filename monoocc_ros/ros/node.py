@@ -1,30 +1,388 @@
-"""The occupancy node (`occupancy_node`).
+"""The occupancy node (`occupancy_node`): a thin rclpy node over pure functions.
 
-Status: the node's inference pipeline arrives with the model and node issues; today this
-entry point only documents its interface (`--help`) and refuses to start, rather than
-publishing anything made up.
+Callbacks only decode stamps and hand messages to the StampPairer; the newest complete
+(image, camera info) pair goes to a worker thread that runs decoding, `inference.Predictor` and
+the output builders. A pair that arrives while the worker is busy replaces the waiting one (the
+replaced one is counted as dropped): a slow network never blocks the inputs or builds a backlog.
+
+Every bad input (wrong encoding, size mismatch, zero focal length, NaN, empty or huge image,
+missing camera info) gives one throttled log line and a diagnostic, and the node goes on with the
+next good frame. A checkpoint that cannot be loaded leaves the node up, reporting ERROR, until the
+`checkpoint` parameter names a good one.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-USAGE = """usage: occupancy_node [--help] [--ros-args ...]
+import numpy as np
 
-Monocular semantic occupancy node (monoocc_ros).
-  subscribes  ~/input/image (sensor_msgs/Image), ~/input/camera_info (sensor_msgs/CameraInfo)
-  publishes   ~/output/voxels (monoocc_ros/msg/VoxelGrid), ~/output/markers, ~/output/points
+from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID
 
-Start it as any ROS 2 node, e.g.
-  occupancy_node --ros-args --params-file config/occ.yaml -r ~/input/image:=/camera/image_raw
-"""
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    description: str
+    runtime: bool = False  # may be changed while the node runs
+
+
+DEFAULT_EXTRINSIC = [float(v) for v in KITTI_CALIB["Tr"].reshape(-1)]
+
+# The one table of parameters: declared by the node, checked against config/occ.yaml by the
+# tests, and printed in the README and by --help.
+PARAMS: tuple[Param, ...] = (
+    Param("checkpoint", str, "", "Model checkpoint (.pt). Empty: the shipped models/student_tiny.pt. "
+          "Changing it at run time reloads the model.", runtime=True),
+    Param("device", str, "auto", "auto (CUDA when available), cuda or cpu. cuda without CUDA is an error."),
+    Param("half_precision", bool, False, "fp16 autocast on CUDA (an error on the CPU)."),
+    Param("grid_frame", str, "velodyne", "frame_id of the output grid (the frame the extrinsic maps from).",
+          runtime=True),
+    Param("grid_to_camera", list, DEFAULT_EXTRINSIC, "Row-major 4x4 transform from grid_frame to the camera's "
+          "optical frame (16 numbers). Default: KITTI's Velodyne-to-camera Tr.", runtime=True),
+    Param("sync_slop", float, 0.0, "Max |image stamp - camera info stamp| in seconds to pair them (0: exact).",
+          runtime=True),
+    Param("queue_depth", int, 5, "Depth of the sensor-data QoS of the inputs and of the pairing buffers."),
+    Param("latch", bool, False, "Publish outputs transient-local, so late subscribers get the last grid."),
+    Param("publish_markers", bool, True, "Publish ~/output/markers (only while someone subscribes).",
+          runtime=True),
+    Param("max_marker_cubes", int, 50000, "Cap on marker cubes per frame (0: no cap); RViz slows beyond.",
+          runtime=True),
+    Param("confidence_threshold", float, 0.0, "Voxels whose predicted class probability is below this are "
+          "published as unknown (255).", runtime=True),
+    Param("publish_confidence", bool, True, "Fill VoxelGrid.confidence (2 MB more per message).", runtime=True),
+    Param("processing_budget_ms", float, 500.0, "Diagnostics turn WARN when processing takes longer.",
+          runtime=True),
+    Param("input_timeout_s", float, 5.0, "Diagnostics turn ERROR when no frame was processed for this long.",
+          runtime=True),
+)  # fmt: skip
+PARAM_BY_NAME = {p.name: p for p in PARAMS}
+
+
+def repo_or_share_path(relative: str) -> Path:
+    """A file shipped with the package: the source tree first, then the colcon share directory."""
+    here = Path(__file__).resolve().parents[2] / relative
+    if here.exists():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("monoocc_ros")) / relative
+    except Exception:
+        return here
+
+
+def validate_params(values: dict[str, Any]) -> list[str]:
+    """Problems with a set of parameter values (empty list: all good)."""
+    errors = []
+    if "device" in values and values["device"] not in ("auto", "cpu", "cuda") and not str(
+        values["device"]
+    ).startswith("cuda:"):
+        errors.append(f"device must be auto, cpu, cuda or cuda:N, got {values['device']!r}")
+    if "grid_to_camera" in values:
+        m = values["grid_to_camera"]
+        if len(m) != 16 or not np.isfinite(np.asarray(m, dtype=float)).all():
+            errors.append(f"grid_to_camera must be 16 finite numbers (row-major 4x4), got {len(m)} values")
+        else:
+            t = np.asarray(m, dtype=float).reshape(4, 4)
+            if not np.allclose(t[3], [0, 0, 0, 1]) or not np.allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-3):
+                errors.append("grid_to_camera must be a rigid transform (orthonormal rotation, last row 0 0 0 1)")
+    for key in ("sync_slop", "processing_budget_ms", "input_timeout_s", "confidence_threshold"):
+        if key in values and not values[key] >= 0:
+            errors.append(f"{key} must be >= 0, got {values[key]}")
+    if "confidence_threshold" in values and values["confidence_threshold"] > 1:
+        errors.append(f"confidence_threshold must be <= 1, got {values['confidence_threshold']}")
+    for key in ("queue_depth",):
+        if key in values and values[key] < 1:
+            errors.append(f"{key} must be >= 1, got {values[key]}")
+    if "max_marker_cubes" in values and values["max_marker_cubes"] < 0:
+        errors.append(f"max_marker_cubes must be >= 0, got {values['max_marker_cubes']}")
+    return errors
+
+
+def apply_confidence_threshold(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    if threshold <= 0:
+        return labels
+    return np.where(confidence < threshold, np.uint8(255), labels)
+
+
+def usage() -> str:
+    lines = [
+        "usage: occupancy_node [--help] [--ros-args --params-file config/occ.yaml -r ~/input/image:=TOPIC ...]",
+        "",
+        "Monocular semantic occupancy (monoocc_ros).",
+        "  subscribes  ~/input/image (sensor_msgs/Image), ~/input/camera_info (sensor_msgs/CameraInfo)",
+        "  publishes   ~/output/voxels (monoocc_ros/msg/VoxelGrid), ~/output/markers (MarkerArray),",
+        "              ~/output/points (PointCloud2), ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms",
+        "              (std_msgs/Float64), /diagnostics (DiagnosticArray)",
+        "",
+        "parameters:",
+    ]
+    for p in PARAMS:
+        default = "[KITTI Tr]" if p.name == "grid_to_camera" else repr(p.default)
+        lines.append(f"  {p.name:<22} {p.type.__name__:<6} {default:<12} {p.description}")
+    return "\n".join(lines)
+
+
+def _make_node_class():
+    """Defined lazily so that importing this module (for --help, the parameter table) needs no rclpy."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import Float64
+    from visualization_msgs.msg import MarkerArray
+
+    from monoocc_ros.msg import VoxelGrid
+    from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
+    from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
+    from monoocc_ros.ros.sync import StampPairer
+    from monoocc_ros.ros.visualization import build_markers, build_pointcloud
+
+    class OccupancyNode(Node):
+        def __init__(self, **kwargs) -> None:
+            super().__init__("occupancy_node", **kwargs)
+            for p in PARAMS:
+                self.declare_parameter(
+                    p.name, p.default, ParameterDescriptor(description=p.description, read_only=not p.runtime)
+                )
+            values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+            errors = validate_params(values)
+            if errors:
+                raise ValueError("invalid parameters: " + "; ".join(errors))
+            self.values = values
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+
+            self.predictor = None
+            self.model_error = ""
+            self._load_model(values["checkpoint"])
+
+            depth = values["queue_depth"]
+            self.pairer = StampPairer(values["sync_slop"], queue_size=depth)
+            self._lock = threading.Condition()
+            self._pending: tuple | None = None
+            self._stop = False
+            self.stats = {"frames": 0, "dropped": 0, "errors": 0, "last_error": "", "last_ok": 0.0,
+                          "processing_ms": 0.0, "latency_ms": 0.0}  # fmt: skip
+            self._started = time.monotonic()
+
+            sensor_qos = QoSProfile(
+                depth=depth,
+                reliability=qos_profile_sensor_data.reliability,
+                durability=qos_profile_sensor_data.durability,
+                history=qos_profile_sensor_data.history,
+            )
+            out_qos = QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL if values["latch"] else DurabilityPolicy.VOLATILE,
+            )
+            self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos)
+            self.create_subscription(CameraInfo, "~/input/camera_info", self._on_info, sensor_qos)
+            self.pub_voxels = self.create_publisher(VoxelGrid, "~/output/voxels", out_qos)
+            self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)
+            self.pub_points = self.create_publisher(PointCloud2, "~/output/points", out_qos)
+            self.pub_proc = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
+            self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
+            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(1.0, self._publish_diagnostics)
+            self._worker = threading.Thread(target=self._work, name="monoocc_inference", daemon=True)
+            self._worker.start()
+            self.get_logger().info(
+                f"ready: model {self.predictor.cfg.name if self.predictor else 'NOT LOADED'} on "
+                f"{self.predictor.device if self.predictor else '-'}; waiting for images"
+            )
+
+        # --- parameters and model -----------------------------------------------------
+        def _load_model(self, checkpoint: str) -> bool:
+            from monoocc_ros.inference import Predictor
+
+            path = Path(checkpoint) if checkpoint else repo_or_share_path("models/student_tiny.pt")
+            try:
+                self.predictor = Predictor.from_checkpoint(path, self.values["device"], self.values["half_precision"])
+                self.model_error = ""
+                self.get_logger().info(f"loaded {path} ({self.predictor.cfg.name})")
+                return True
+            except Exception as exc:  # reported, not hidden: diagnostics say ERROR until fixed
+                self.predictor = None
+                self.model_error = f"cannot load checkpoint {path}: {exc}"
+                self.get_logger().error(self.model_error)
+                return False
+
+        def _on_set_parameters(self, params) -> SetParametersResult:
+            new = dict(self.values)
+            for p in params:
+                spec = PARAM_BY_NAME.get(p.name)
+                if spec is None:
+                    continue
+                if not spec.runtime:
+                    return SetParametersResult(successful=False, reason=f"{p.name} can only be set at start-up")
+                new[p.name] = p.value
+            errors = validate_params(new)
+            if errors:
+                return SetParametersResult(successful=False, reason="; ".join(errors))
+            old_ckpt = self.values["checkpoint"]
+            self.values = new
+            self.pairer.set_slop(new["sync_slop"])
+            if new["checkpoint"] != old_ckpt:
+                self._load_model(new["checkpoint"])
+            return SetParametersResult(successful=True)
+
+        # --- inputs ---------------------------------------------------------------------
+        @staticmethod
+        def _stamp_ns(msg) -> int:
+            return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+        def _on_image(self, msg) -> None:
+            self._offer(self.pairer.add_image(self._stamp_ns(msg), msg))
+
+        def _on_info(self, msg) -> None:
+            self._offer(self.pairer.add_camera_info(self._stamp_ns(msg), msg))
+
+        def _offer(self, pair) -> None:
+            if pair is None:
+                return
+            with self._lock:
+                if self._pending is not None:
+                    self.stats["dropped"] += 1
+                self._pending = pair
+                self._lock.notify()
+
+        # --- worker ---------------------------------------------------------------------
+        def _work(self) -> None:
+            while True:
+                with self._lock:
+                    while self._pending is None and not self._stop:
+                        self._lock.wait(0.5)
+                    if self._stop:
+                        return
+                    pair, self._pending = self._pending, None
+                try:
+                    self._process(*pair)
+                except InputError as exc:
+                    self._fail(f"bad input: {exc}")
+                except Exception as exc:  # inference or CUDA failure: reported, node stays up
+                    self._fail(f"processing failed: {exc.__class__.__name__}: {exc}")
+
+        def _fail(self, text: str) -> None:
+            self.stats["errors"] += 1
+            self.stats["last_error"] = text
+            self.get_logger().error(text, throttle_duration_sec=2.0)
+
+        def _process(self, image_msg, info_msg, stamp_ns: int) -> None:
+            if self.predictor is None:
+                raise RuntimeError(self.model_error or "no model loaded")
+            t0 = time.perf_counter()
+            rgb = image_to_rgb(image_msg)
+            intrinsics = camera_info_to_intrinsics(info_msg, rgb.shape[:2])
+            extrinsic = np.asarray(self.values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
+            try:
+                labels, confidence = self.predictor.predict(rgb, intrinsics, extrinsic)
+            except ValueError as exc:  # the camera model was rejected by the inference checks
+                raise InputError(str(exc)) from exc
+            labels = apply_confidence_threshold(labels, confidence, self.values["confidence_threshold"])
+            header = image_msg.header.__class__()
+            header.stamp = image_msg.header.stamp
+            header.frame_id = self.values["grid_frame"]
+            conf = quantize_confidence(confidence) if self.values["publish_confidence"] else None
+            self.pub_voxels.publish(
+                grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
+            )
+            if self.values["publish_markers"] and self.pub_markers.get_subscription_count() > 0:
+                self.pub_markers.publish(
+                    build_markers(labels, SEMANTIC_KITTI_GRID, header, self.values["max_marker_cubes"])
+                )
+            if self.pub_points.get_subscription_count() > 0:
+                self.pub_points.publish(build_pointcloud(labels, SEMANTIC_KITTI_GRID, header))
+            proc_ms = (time.perf_counter() - t0) * 1e3
+            now_ns = self.get_clock().now().nanoseconds
+            latency_ms = (now_ns - stamp_ns) / 1e6
+            self.pub_proc.publish(Float64(data=proc_ms))
+            self.pub_latency.publish(Float64(data=latency_ms))
+            self.stats.update(frames=self.stats["frames"] + 1, last_ok=time.monotonic(), processing_ms=proc_ms,
+                              latency_ms=latency_ms)  # fmt: skip
+
+        # --- diagnostics ----------------------------------------------------------------
+        def diagnostic_status(self):
+            s = self.stats
+            st = DiagnosticStatus(name="monoocc_ros: occupancy_node", hardware_id="camera")
+            since_ok = time.monotonic() - (s["last_ok"] or self._started)
+            if self.predictor is None:
+                st.level, st.message = DiagnosticStatus.ERROR, self.model_error or "no model loaded"
+            elif since_ok > self.values["input_timeout_s"]:
+                st.level = DiagnosticStatus.ERROR
+                st.message = f"no frame processed for {since_ok:.1f} s" + (
+                    f"; last error: {s['last_error']}" if s["last_error"] else "; no input?"
+                )
+            elif s["processing_ms"] > self.values["processing_budget_ms"]:
+                st.level = DiagnosticStatus.WARN
+                budget = self.values["processing_budget_ms"]
+                st.message = f"processing {s['processing_ms']:.0f} ms > budget {budget:.0f} ms"
+            else:
+                st.level, st.message = DiagnosticStatus.OK, "ok"
+            st.values = [
+                KeyValue(key=k, value=str(v))
+                for k, v in (
+                    ("frames", s["frames"]), ("dropped_frames", s["dropped"]), ("errors", s["errors"]),
+                    ("processing_ms", f"{s['processing_ms']:.1f}"), ("latency_ms", f"{s['latency_ms']:.1f}"),
+                    ("unpaired_images", self.pairer.stats.unmatched_images),
+                    ("zero_stamps", self.pairer.stats.zero_stamp), ("last_error", s["last_error"]),
+                )
+            ]  # fmt: skip
+            return st
+
+        def _publish_diagnostics(self) -> None:
+            msg = DiagnosticArray()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.status = [self.diagnostic_status()]
+            self.pub_diag.publish(msg)
+
+        def shutdown(self) -> None:
+            with self._lock:
+                self._stop = True
+                self._lock.notify()
+            self._worker.join(timeout=5.0)
+
+    return OccupancyNode, rclpy
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv if argv is None else argv
     ros_args_at = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
-    if any(a in ("-h", "--help") for a in argv[:ros_args_at]):
-        print(USAGE)
+    if any(a in ("-h", "--help") for a in argv[1:ros_args_at]):
+        print(usage())
         return 0
-    print("occupancy_node: the inference pipeline is not built yet (see the node issue).", file=sys.stderr)
-    return 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    node_cls, rclpy = _make_node_class()
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=argv)
+    try:
+        node = node_cls()
+    except ValueError as exc:
+        print(f"occupancy_node: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Pairs Image and CameraInfo messages by header stamp.
+
+`message_filters` (ApproximateTimeSynchronizer) is not installable from PyPI, so this small,
+tested module does the one thing the node needs: match an image with the camera info of the same
+stamp (or the nearest within `slop` seconds). Zero stamps never pair (a driver that does not stamp
+its messages is a configuration error, not something to guess around). Pure Python, no ROS.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class PairStats:
+    paired: int = 0
+    zero_stamp: int = 0
+    unmatched_images: int = 0  # images evicted from the buffer without a camera info
+
+
+class StampPairer:
+    """Feed images and camera infos (with their stamps in ns); `add_*` returns an
+    (image, camera_info, stamp_ns) triple when a pair completes, else None."""
+
+    def __init__(self, slop: float = 0.0, queue_size: int = 10) -> None:
+        if slop < 0:
+            raise ValueError(f"sync slop must be >= 0 s, got {slop}")
+        self.slop_ns = round(slop * 1e9)
+        self.images: deque[tuple[int, Any]] = deque()
+        self.infos: deque[tuple[int, Any]] = deque(maxlen=queue_size)
+        self.queue_size = queue_size
+        self.stats = PairStats()
+
+    def set_slop(self, slop: float) -> None:
+        if slop < 0:
+            raise ValueError(f"sync slop must be >= 0 s, got {slop}")
+        self.slop_ns = round(slop * 1e9)
+
+    def _best(self, stamp: int, items: deque[tuple[int, Any]]) -> int | None:
+        best, best_d = None, None
+        for i, (s, _) in enumerate(items):
+            d = abs(s - stamp)
+            if d <= self.slop_ns and (best_d is None or d < best_d):
+                best, best_d = i, d
+        return best
+
+    def add_image(self, stamp_ns: int, image: Any) -> tuple[Any, Any, int] | None:
+        if stamp_ns == 0:
+            self.stats.zero_stamp += 1
+            return None
+        i = self._best(stamp_ns, self.infos)
+        if i is not None:
+            self.stats.paired += 1
+            return image, self.infos[i][1], stamp_ns
+        self.images.append((stamp_ns, image))
+        while len(self.images) > self.queue_size:
+            self.images.popleft()
+            self.stats.unmatched_images += 1
+        return None
+
+    def add_camera_info(self, stamp_ns: int, info: Any) -> tuple[Any, Any, int] | None:
+        if stamp_ns == 0:
+            self.stats.zero_stamp += 1
+            return None
+        self.infos.append((stamp_ns, info))
+        i = self._best(stamp_ns, self.images)
+        if i is None:
+            return None
+        img_stamp, image = self.images[i]
+        # Older images can no longer pair with anything newer than this info: drop them.
+        for _ in range(i + 1):
+            s, _ = self.images.popleft()
+            if s != img_stamp:
+                self.stats.unmatched_images += 1
+        self.stats.paired += 1
+        return image, info, img_stamp
