@@ -7,6 +7,8 @@ STAMPS := $(VENV)/.monoocc-stamps
 # Nothing may leave the machine: keep DDS discovery on localhost for every process we
 # start (tests, benchmarks, demo). On a robot users pick their own discovery range.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# Shared-memory-only DDS with segments that fit camera images (see the file for why).
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_shm.xml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup test lint demo bench clean

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-# Set before any test imports rclpy; child processes inherit both.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = REPO_ROOT.parent / "shared" / "realdata"
+
+# Set before any test imports rclpy; child processes inherit them. Shared memory only (no
+# network transport at all) with segments large enough for camera images: see the XML file.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_shm.xml"))
 if "MONOOCC_TEST_DOMAIN_ID" in os.environ:
     os.environ["ROS_DOMAIN_ID"] = os.environ["MONOOCC_TEST_DOMAIN_ID"]
 else:
     # 1..100 are valid on Linux; a random pick keeps parallel runs (CI, a developer) apart.
     os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REALDATA = REPO_ROOT.parent / "shared" / "realdata"
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,5 @@ def camera_info_to_intrinsics(msg, image_hw: tuple[int, int] | None = None) -> n
         raise InputError(f"camera info focal lengths must be positive, got fx={m[0, 0]}, fy={m[1, 1]}")
     if image_hw is not None and (msg.height, msg.width) != (0, 0):
         if (int(msg.height), int(msg.width)) != tuple(image_hw):
-            raise InputError(
-                f"image is {image_hw[1]}x{image_hw[0]} but its camera info says {msg.width}x{msg.height}"
-            )
+            raise InputError(f"image is {image_hw[1]}x{image_hw[0]} but its camera info says {msg.width}x{msg.height}")
     return m

@@ -83,9 +83,11 @@ def repo_or_share_path(relative: str) -> Path:
 def validate_params(values: dict[str, Any]) -> list[str]:
     """Problems with a set of parameter values (empty list: all good)."""
     errors = []
-    if "device" in values and values["device"] not in ("auto", "cpu", "cuda") and not str(
-        values["device"]
-    ).startswith("cuda:"):
+    if (
+        "device" in values
+        and values["device"] not in ("auto", "cpu", "cuda")
+        and not str(values["device"]).startswith("cuda:")
+    ):
         errors.append(f"device must be auto, cpu, cuda or cuda:N, got {values['device']!r}")
     if "grid_to_camera" in values:
         m = values["grid_to_camera"]
@@ -175,6 +177,7 @@ def _make_node_class():
             self.stats = {"frames": 0, "dropped": 0, "errors": 0, "last_error": "", "last_ok": 0.0,
                           "processing_ms": 0.0, "latency_ms": 0.0}  # fmt: skip
             self._started = time.monotonic()
+            self._last_logged: dict[str, float] = {}
 
             sensor_qos = QoSProfile(
                 depth=depth,
@@ -275,9 +278,17 @@ def _make_node_class():
                     self._fail(f"processing failed: {exc.__class__.__name__}: {exc}")
 
         def _fail(self, text: str) -> None:
+            if self._stop or not self.context.ok():
+                return  # shutting down: a publish into a closed context is not a frame error
             self.stats["errors"] += 1
             self.stats["last_error"] = text
-            self.get_logger().error(text, throttle_duration_sec=2.0)
+            # Throttled per kind of error (rclpy's throttle is per call site, which would hide
+            # a second kind of problem behind the first).
+            kind = text.split(":")[1].strip() if text.count(":") >= 2 else text
+            now = time.monotonic()
+            if now - self._last_logged.get(kind[:60], -1e9) >= 2.0:
+                self._last_logged[kind[:60]] = now
+                self.get_logger().error(text)
 
         def _process(self, image_msg, info_msg, stamp_ns: int) -> None:
             if self.predictor is None:
@@ -295,9 +306,7 @@ def _make_node_class():
             header.stamp = image_msg.header.stamp
             header.frame_id = self.values["grid_frame"]
             conf = quantize_confidence(confidence) if self.values["publish_confidence"] else None
-            self.pub_voxels.publish(
-                grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
-            )
+            self.pub_voxels.publish(grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf))
             if self.values["publish_markers"] and self.pub_markers.get_subscription_count() > 0:
                 self.pub_markers.publish(
                     build_markers(labels, SEMANTIC_KITTI_GRID, header, self.values["max_marker_cubes"])

@@ -1,0 +1,126 @@
+"""Helpers for tests that run the occupancy node as its own process over real DDS."""
+
+from __future__ import annotations
+
+import array
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conftest import REPO_ROOT
+from monoocc_ros.checkpoint import save_checkpoint
+from monoocc_ros.model.config import load_named_config
+from monoocc_ros.model.monoocc import MonoOcc
+
+
+def random_tiny_checkpoint(path: Path) -> Path:
+    """An untrained student_tiny: exercises the whole pipeline (not accuracy)."""
+    torch.manual_seed(0)
+    model = MonoOcc(load_named_config("student_tiny"))
+    save_checkpoint(path, model.cfg, model.state_dict())
+    return path
+
+
+def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
+        "--params-file", str(REPO_ROOT / "config" / "occ.yaml"),
+        "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
+        "-r", f"__ns:={ns}",
+        "-r", f"~/input/image:={ns}/camera/image_raw", "-r", f"~/input/camera_info:={ns}/camera/camera_info",
+        *(extra or []),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def stop_node(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(2)  # SIGINT, as ros2 launch does
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8"):
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "camera"
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding = encoding
+    msg.step = rgb.shape[1] * (rgb.shape[2] if rgb.ndim == 3 else 1)
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(rgb).tobytes())
+    msg.data = data
+    return msg
+
+
+def camera_info_msg(p: np.ndarray, width: int, height: int, stamp_ns: int):
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "camera"
+    msg.width, msg.height = width, height
+    msg.p = [float(v) for v in np.asarray(p, dtype=np.float64).reshape(-1)]
+    msg.k = [float(v) for v in np.asarray(p, dtype=np.float64)[:3, :3].reshape(-1)]
+    return msg
+
+
+class Harness:
+    """A test-side node publishing camera topics and collecting the node's outputs."""
+
+    def __init__(self, ns: str) -> None:
+        import rclpy
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        from monoocc_ros.msg import VoxelGrid
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node("test_harness", namespace=ns)
+        self.pub_image = self.node.create_publisher(Image, f"{ns}/camera/image_raw", qos_profile_sensor_data)
+        self.pub_info = self.node.create_publisher(CameraInfo, f"{ns}/camera/camera_info", qos_profile_sensor_data)
+        self.voxels, self.markers, self.points = [], [], []
+        out = f"{ns}/occupancy_node/output"
+        self.node.create_subscription(VoxelGrid, f"{out}/voxels", self.voxels.append, 10)
+        self.node.create_subscription(MarkerArray, f"{out}/markers", self.markers.append, 10)
+        self.node.create_subscription(PointCloud2, f"{out}/points", self.points.append, 10)
+
+    def spin_until(self, cond, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            if proc is not None and proc.poll() is not None:
+                return False
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+        return cond()
+
+    def wait_for_node(self, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+        return self.spin_until(
+            lambda: self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0,
+            timeout,
+            proc,
+        )
+
+    def send(self, image, info) -> None:
+        if info is not None:
+            self.pub_info.publish(info)
+        if image is not None:
+            self.pub_image.publish(image)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
