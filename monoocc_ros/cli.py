@@ -47,6 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
     bmodel.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
     bmodel.add_argument("--json", help="also write the figures to this JSON file")
+    bnode = bench_sub.add_parser("node", help="per-stage latency and end-to-end rate of the occupancy node")
+    bnode.add_argument("--checkpoint", help="default: models/student_tiny.pt (untrained student_tiny if absent)")
+    bnode.add_argument("--frames", type=int, default=20)
     return parser
 
 
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.benchmarks import msg
 
         return msg.main(args.json)
+    if args.command == "bench" and args.what == "node":
+        from monoocc_ros.benchmarks import node
+
+        return node.main(args.checkpoint, args.frames, args.frames)
     if args.command == "bench" and args.what == "model":
         from monoocc_ros.benchmarks import model
 

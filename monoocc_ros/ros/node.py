@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID
+from monoocc_ros.geometry import KITTI_CALIB
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ PARAMS: tuple[Param, ...] = (
     Param("latch", bool, False, "Publish outputs transient-local, so late subscribers get the last grid."),
     Param("publish_markers", bool, True, "Publish ~/output/markers (only while someone subscribes).",
           runtime=True),
-    Param("max_marker_cubes", int, 50000, "Cap on marker cubes per frame (0: no cap); RViz slows beyond.",
+    Param("max_marker_cubes", int, 20000, "Cap on marker cubes per frame (0: no cap); RViz slows beyond.",
           runtime=True),
     Param("confidence_threshold", float, 0.0, "Voxels whose predicted class probability is below this are "
           "published as unknown (255).", runtime=True),
@@ -110,12 +110,6 @@ def validate_params(values: dict[str, Any]) -> list[str]:
     return errors
 
 
-def apply_confidence_threshold(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
-    if threshold <= 0:
-        return labels
-    return np.where(confidence < threshold, np.uint8(255), labels)
-
-
 def usage() -> str:
     lines = [
         "usage: occupancy_node [--help] [--ros-args --params-file config/occ.yaml -r ~/input/image:=TOPIC ...]",
@@ -146,10 +140,9 @@ def _make_node_class():
     from visualization_msgs.msg import MarkerArray
 
     from monoocc_ros.msg import VoxelGrid
-    from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
-    from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
+    from monoocc_ros.ros.camera import InputError
+    from monoocc_ros.ros.pipeline import run_frame
     from monoocc_ros.ros.sync import StampPairer
-    from monoocc_ros.ros.visualization import build_markers, build_pointcloud
 
     class OccupancyNode(Node):
         def __init__(self, **kwargs) -> None:
@@ -294,28 +287,18 @@ def _make_node_class():
             if self.predictor is None:
                 raise RuntimeError(self.model_error or "no model loaded")
             t0 = time.perf_counter()
-            rgb = image_to_rgb(image_msg)
-            intrinsics = camera_info_to_intrinsics(info_msg, rgb.shape[:2])
-            extrinsic = np.asarray(self.values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
-            try:
-                labels, confidence = self.predictor.predict(rgb, intrinsics, extrinsic)
-            except ValueError as exc:  # the camera model was rejected by the inference checks
-                raise InputError(str(exc)) from exc
-            labels = apply_confidence_threshold(labels, confidence, self.values["confidence_threshold"])
-            header = image_msg.header.__class__()
-            header.stamp = image_msg.header.stamp
-            header.frame_id = self.values["grid_frame"]
-            conf = quantize_confidence(confidence) if self.values["publish_confidence"] else None
-            self.pub_voxels.publish(grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf))
-            if self.values["publish_markers"] and self.pub_markers.get_subscription_count() > 0:
-                self.pub_markers.publish(
-                    build_markers(labels, SEMANTIC_KITTI_GRID, header, self.values["max_marker_cubes"])
-                )
-            if self.pub_points.get_subscription_count() > 0:
-                self.pub_points.publish(build_pointcloud(labels, SEMANTIC_KITTI_GRID, header))
+            out = run_frame(
+                self.predictor, image_msg, info_msg, stamp_ns, self.values,
+                want_markers=self.values["publish_markers"] and self.pub_markers.get_subscription_count() > 0,
+                want_points=self.pub_points.get_subscription_count() > 0,
+            )  # fmt: skip
+            self.pub_voxels.publish(out.voxels)
+            if out.markers is not None:
+                self.pub_markers.publish(out.markers)
+            if out.points is not None:
+                self.pub_points.publish(out.points)
             proc_ms = (time.perf_counter() - t0) * 1e3
-            now_ns = self.get_clock().now().nanoseconds
-            latency_ms = (now_ns - stamp_ns) / 1e6
+            latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
             self.pub_proc.publish(Float64(data=proc_ms))
             self.pub_latency.publish(Float64(data=latency_ms))
             self.stats.update(frames=self.stats["frames"] + 1, last_ok=time.monotonic(), processing_ms=proc_ms,

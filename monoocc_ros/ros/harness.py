@@ -1,4 +1,5 @@
-"""Helpers for tests that run the occupancy node as its own process over real DDS."""
+"""Helpers that run the occupancy node as its own process and talk to it over real DDS: used by
+the node tests, `monoocc bench node` and the bag tools' checks. Messages are built from arrays."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import REPO_ROOT
 from monoocc_ros.checkpoint import save_checkpoint
 from monoocc_ros.model.config import load_named_config
 from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.ros.node import repo_or_share_path
 
 
 def random_tiny_checkpoint(path: Path) -> Path:
@@ -29,7 +30,7 @@ def random_tiny_checkpoint(path: Path) -> Path:
 def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
-        "--params-file", str(REPO_ROOT / "config" / "occ.yaml"),
+        "--params-file", str(repo_or_share_path("config/occ.yaml")),
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
         "-r", f"__ns:={ns}",
         "-r", f"~/input/image:={ns}/camera/image_raw", "-r", f"~/input/camera_info:={ns}/camera/camera_info",

@@ -1,0 +1,72 @@
+"""One frame through the node's pipeline, stage by stage, as pure functions (no publishing):
+decode -> preprocess -> inference -> voxel message -> markers -> points. The node calls this and
+publishes; `monoocc bench node` calls it to time every stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+from monoocc_ros.inference import Predictor, prepare_input
+from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
+from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
+from monoocc_ros.ros.visualization import build_markers, build_pointcloud
+
+
+@dataclass
+class FrameOutputs:
+    voxels: Any
+    markers: Any = None
+    points: Any = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def apply_confidence_threshold(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Voxels less likely than `threshold` become unknown (255)."""
+    if threshold <= 0:
+        return labels
+    return np.where(confidence < threshold, np.uint8(255), labels)
+
+
+def run_frame(
+    predictor: Predictor,
+    image_msg,
+    info_msg,
+    stamp_ns: int,
+    values: dict[str, Any],
+    want_markers: bool,
+    want_points: bool,
+) -> FrameOutputs:
+    """`values`: the node's parameter values (grid_frame, grid_to_camera, confidence_threshold,
+    publish_confidence, max_marker_cubes). Raises InputError for unusable messages."""
+    t = {}
+    t0 = time.perf_counter()
+    rgb = image_to_rgb(image_msg)
+    intrinsics = camera_info_to_intrinsics(info_msg, rgb.shape[:2])
+    extrinsic = np.asarray(values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
+    t1 = time.perf_counter()
+    try:
+        prepared = prepare_input(predictor.cfg, rgb, intrinsics, extrinsic)
+    except ValueError as exc:  # the camera model was rejected by the inference checks
+        raise InputError(str(exc)) from exc
+    t2 = time.perf_counter()
+    labels, confidence = predictor.postprocess(predictor.logits(prepared))
+    labels = apply_confidence_threshold(labels, confidence, values["confidence_threshold"])
+    t3 = time.perf_counter()
+    header = image_msg.header.__class__()
+    header.stamp = image_msg.header.stamp
+    header.frame_id = values["grid_frame"]
+    conf = quantize_confidence(confidence) if values["publish_confidence"] else None
+    voxels = grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
+    t4 = time.perf_counter()
+    markers = build_markers(labels, SEMANTIC_KITTI_GRID, header, values["max_marker_cubes"]) if want_markers else None
+    t5 = time.perf_counter()
+    points = build_pointcloud(labels, SEMANTIC_KITTI_GRID, header) if want_points else None
+    t6 = time.perf_counter()
+    t.update(decode=t1 - t0, preprocess=t2 - t1, inference=t3 - t2, voxel_message=t4 - t3, markers=t5 - t4,
+             points=t6 - t5)  # fmt: skip
+    return FrameOutputs(voxels, markers, points, {k: v * 1e3 for k, v in t.items()})
