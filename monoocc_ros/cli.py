@@ -37,6 +37,40 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the scores to this JSON file")
 
+    bag = sub.add_parser("bag", help="rosbag2 tools: from-dataset, play, record, eval")
+    bag_sub = bag.add_subparsers(dest="bag_command", required=True, metavar="BAGCOMMAND")
+    fd = bag_sub.add_parser("from-dataset", help="write a SemanticKITTI-format sequence as a rosbag2")
+    fd.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
+    fd.add_argument("--sequence", required=True, help="sequence name, e.g. 00")
+    fd.add_argument("--out", required=True, help="bag directory to create")
+    fd.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    fd.add_argument("--max-frames", type=int)
+    pl = bag_sub.add_parser("play", help="publish a bag over DDS with its recorded timing")
+    pl.add_argument("bag")
+    pl.add_argument("--rate", type=float, default=1.0)
+    pl.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time nodes)")
+    pl.add_argument("--loop", action="store_true")
+    pl.add_argument("--topics", nargs="+")
+    rec = bag_sub.add_parser("record", help="record topics to a bag (Ctrl-C to stop)")
+    rec.add_argument("--topics", nargs="+", required=True)
+    rec.add_argument("--out", required=True)
+    rec.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    rec.add_argument("--duration", type=float)
+    rec.add_argument("--count", type=int, help="stop after this many messages on every topic")
+    be = bag_sub.add_parser("eval", help="score predicted VoxelGrids against ground truth, matched by stamp")
+    be.add_argument("--pred", required=True)
+    be.add_argument("--gt", required=True)
+    be.add_argument("--pred-topic", default="/occupancy_node/output/voxels")
+    be.add_argument("--gt-topic", default="/ground_truth/voxels")
+
+    rp = sub.add_parser("replay-eval", help="replay a bag through the node (own process) and score it")
+    rp.add_argument("--bag", required=True)
+    rp.add_argument("--checkpoint", help="default: the shipped models/student_tiny.pt")
+    rp.add_argument("--rate", type=float, help="play at the recorded timing x RATE (default: as fast as consumed)")
+    rp.add_argument("--out", help="also record images and predictions to this bag")
+    rp.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
+    rp.add_argument("--json", help="write the scores as JSON")
+
     bench = sub.add_parser("bench", help="run a benchmark and print a table")
     bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
@@ -84,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.trainer.evaluate import main as eval_main
 
         return eval_main(args)
+    if args.command in ("bag", "replay-eval"):
+        from monoocc_ros.bag.cli import run
+
+        return run(args)
     if args.command == "bench" and args.what == "msg":
         from monoocc_ros.benchmarks import msg
 

@@ -1,0 +1,75 @@
+"""Dispatch of `monoocc bag ...` and `monoocc replay-eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _dds_env() -> None:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    xml = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
+    if xml.is_file():
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "replay-eval":
+        _dds_env()
+        from monoocc_ros.bag.replay import replay_eval
+
+        result = replay_eval(args.bag, args.checkpoint, args.rate, out=args.out)
+        print(result.report())
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {**result.scores.to_dict(), "frames_lost": result.frames_lost, "latency_ms": result.latency_ms},
+                    indent=2,
+                )
+            )
+        total = result.frames_scored + len(result.frames_lost)
+        lost = len(result.frames_lost) / max(total, 1)
+        if lost > args.max_lost:
+            print(f"FAIL: {lost:.1%} of frames lost (> {args.max_lost:.1%})")
+            return 1
+        return 0
+    cmd = args.bag_command
+    if cmd == "from-dataset":
+        from monoocc_ros.bag.dataset import from_dataset
+
+        counts = from_dataset(args.data, args.sequence, args.out, args.storage, max_frames=args.max_frames)
+        print(f"wrote {args.out}: {counts['images']} images, {counts['ground_truth']} ground-truth grids")
+        return 0
+    if cmd == "eval":
+        from monoocc_ros.bag.evaluate import score_bags
+
+        print(score_bags(args.pred, args.gt, args.pred_topic, args.gt_topic).report())
+        return 0
+    _dds_env()
+    if cmd == "play":
+        import rclpy
+
+        from monoocc_ros.bag.play import Player
+
+        rclpy.init()
+        node = rclpy.create_node("monoocc_bag_player")
+        try:
+            n = Player(node, args.bag, args.topics, clock=args.clock).play(
+                args.rate, args.loop, spin=lambda t: rclpy.spin_once(node, timeout_sec=t)
+            )
+        except KeyboardInterrupt:
+            n = -1
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
+        print(f"published {n} messages" if n >= 0 else "stopped")
+        return 0
+    if cmd == "record":
+        from monoocc_ros.bag.play import record
+
+        counts = record(args.topics, args.out, args.storage, args.duration, args.count)
+        print(f"wrote {args.out}: " + ", ".join(f"{t}: {c}" for t, c in counts.items()))
+        return 0
+    raise AssertionError(cmd)

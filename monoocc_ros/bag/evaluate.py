@@ -1,0 +1,74 @@
+"""`monoocc bag eval`: score a bag of predicted VoxelGrids against a bag of ground truth, matched
+by header stamp, with the same metrics code as offline evaluation; latency and frames lost too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, PRED_TOPIC, typestore
+from monoocc_ros.bag.play import read_bag
+from monoocc_ros.metrics import SSCMetrics, SSCScores
+from monoocc_ros.ros.convert import msg_to_grid
+
+
+def header_stamp(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+@dataclass
+class ReplayScores:
+    scores: SSCScores
+    frames_scored: int
+    frames_lost: list[int]  # ground-truth stamps without a prediction
+    latency_ms: list[float] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [self.scores.table(), ""]
+        lines.append(f"frames scored: {self.frames_scored}, frames lost: {len(self.frames_lost)}")
+        if self.latency_ms:
+            lat = np.asarray(self.latency_ms)
+            lines.append(
+                f"latency (image published -> grid received): median {np.median(lat):.1f} ms, "
+                f"p90 {np.percentile(lat, 90):.1f} ms, max {lat.max():.1f} ms over {lat.size} frames"
+            )
+        return "\n".join(lines)
+
+
+def load_ground_truth(gt_bag: str | Path, topic: str = GT_TOPIC) -> dict[int, np.ndarray]:
+    store = typestore()
+    out = {}
+    for _, msgtype, _, raw in read_bag(gt_bag, [topic]):
+        grid = msg_to_grid(store.deserialize_cdr(raw, msgtype))
+        out[grid.stamp_ns] = grid.labels.copy()
+    if not out:
+        raise ValueError(f"{gt_bag} has no messages on {topic}")
+    return out
+
+
+def score_bags(
+    pred_bag: str | Path, gt_bag: str | Path, pred_topic: str = PRED_TOPIC, gt_topic: str = GT_TOPIC
+) -> ReplayScores:
+    store = typestore()
+    gt = load_ground_truth(gt_bag, gt_topic)
+    metrics = SSCMetrics()
+    seen: set[int] = set()
+    image_time: dict[int, int] = {}
+    latency = []
+    for topic, msgtype, ts, raw in read_bag(pred_bag, [pred_topic, IMAGE_TOPIC]):
+        msg = store.deserialize_cdr(raw, msgtype)
+        stamp = header_stamp(msg)
+        if topic == IMAGE_TOPIC:
+            image_time[stamp] = ts
+            continue
+        if stamp in image_time:
+            latency.append((ts - image_time[stamp]) / 1e6)
+        if stamp not in gt or stamp in seen:
+            continue
+        grid = msg_to_grid(msg)
+        metrics.update(grid.labels, gt[stamp])
+        seen.add(stamp)
+    lost = sorted(set(gt) - seen)
+    return ReplayScores(metrics.scores(), len(seen), lost, latency)

@@ -1,0 +1,60 @@
+"""Bag files through `rosbags`: the type store (ROS 2 Kilted types plus our VoxelGrid, registered
+from msg/VoxelGrid.msg so the definition in the bag is the real one), QoS profiles, writers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+VOXELGRID_TYPE = "monoocc_ros/msg/VoxelGrid"
+IMAGE_TOPIC = "/camera/image_raw"
+INFO_TOPIC = "/camera/camera_info"
+GT_TOPIC = "/ground_truth/voxels"
+PRED_TOPIC = "/occupancy_node/output/voxels"
+
+
+def msg_definition_path() -> Path:
+    here = Path(__file__).resolve().parents[2] / "msg" / "VoxelGrid.msg"
+    if here.is_file():
+        return here
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("monoocc_ros")) / "msg" / "VoxelGrid.msg"
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg(msg_definition_path().read_text(), VOXELGRID_TYPE))
+    return store
+
+
+def _qos(reliability: QosReliability, durability: QosDurability, depth: int) -> Qos:
+    zero = QosTime(0, 0)
+    return Qos(QosHistory.KEEP_LAST, depth, reliability, durability, zero, zero, QosLiveliness.AUTOMATIC, zero, False)
+
+
+SENSOR_QOS = _qos(QosReliability.BEST_EFFORT, QosDurability.VOLATILE, 5)
+RELIABLE_QOS = _qos(QosReliability.RELIABLE, QosDurability.VOLATILE, 10)
+
+
+def open_writer(path: str | Path, storage: str = "mcap") -> Writer:
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; rosbag2 writes a new directory (remove it or pick another)")
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    return Writer(path, version=9, storage_plugin=plugin)
+
+
+def python_msg_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    import importlib
+
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
