@@ -55,8 +55,7 @@ bench: setup
 	$(VENV)/bin/monoocc bench msg
 
 demo: setup
-	@echo "make demo: the replay demo is not built yet (see the rosbag replay issue)." >&2
-	@exit 2
+	$(VENV)/bin/monoocc demo --out demo_out
 
 clean:
 	rm -rf build demo_out .pytest_cache

@@ -71,6 +71,11 @@ def _build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
     rp.add_argument("--json", help="write the scores as JSON")
 
+    demo = sub.add_parser("demo", help="the end-to-end demo (make demo): synthetic bag -> node -> scores + pictures")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--checkpoint", help="default: the shipped models/student_tiny.pt")
+    demo.add_argument("--frames", type=int, default=20)
+
     bench = sub.add_parser("bench", help="run a benchmark and print a table")
     bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
@@ -118,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.trainer.evaluate import main as eval_main
 
         return eval_main(args)
+    if args.command == "demo":
+        from monoocc_ros.demo import run_demo
+
+        return run_demo(args.out, args.checkpoint, args.frames)
     if args.command in ("bag", "replay-eval"):
         from monoocc_ros.bag.cli import run
 
