@@ -76,6 +76,13 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoint", help="default: the shipped models/student_tiny.pt")
     demo.add_argument("--frames", type=int, default=20)
 
+    abl = sub.add_parser("ablation", help="train and score the ablation variants; writes docs/results.md")
+    abl.add_argument("--data", required=True, help="synthetic dataset root (train 00-03, val 08)")
+    abl.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    abl.add_argument("--out", default="runs/ablation")
+    abl.add_argument("--results", default="docs/results.md")
+    abl.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
+
     bench = sub.add_parser("bench", help="run a benchmark and print a table")
     bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
@@ -123,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.trainer.evaluate import main as eval_main
 
         return eval_main(args)
+    if args.command == "ablation":
+        from monoocc_ros.trainer.ablation import run as run_ablation
+
+        print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results))
+        return 0
     if args.command == "demo":
         from monoocc_ros.demo import run_demo
 

@@ -134,3 +134,14 @@ def test_eval_writes_semantickitti_predictions(tmp_path, data_root):
     assert scores.num_voxels > 0
     with pytest.raises(FileNotFoundError, match=r"none of the test split's sequences .* \(have \['00', '08'\]\)"):
         evaluate_checkpoint(str(cfg.output_dir / "last.pt"), str(data_root), "test", device="cpu", progress=False)
+
+
+def test_ablation_table_reports_spread_and_missing_runs():
+    from monoocc_ros.trainer.ablation import RARE_CLASSES, format_results
+
+    assert set(RARE_CLASSES) == {2, 3, 6, 7, 8, 19}  # bicycle, motorcycle, person, bicyclist, motorcyclist, sign
+    run = {"completion_iou": 50.0, "miou": 20.0, "small_object_iou": 5.0, "class_iou": [0.0] * 20}
+    run2 = dict(run, miou=24.0)
+    text = format_results({"student (full)": [run, run2], "teacher": []}, [42, 43])
+    assert "| student (full) | 50.00 ± 0.00 (n=2) | 22.00 ± 2.00 (n=2) |" in text
+    assert "| teacher | not run | not run | not run | not run |" in text

@@ -42,6 +42,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validations (0: only at the end)
     log_every: int = 10  # optimizer steps between CSV/TensorBoard rows
     save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
+    model_overrides: dict | None = None  # model config keys to change (ablations), e.g. {icca_layers: 0}
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -65,6 +66,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def model_config(self):
+        """The model config named by `model`, with `model_overrides` applied (and validated)."""
+        from monoocc_ros.model.config import ModelConfig, load_named_config
+
+        base = load_named_config(self.model)
+        if not self.model_overrides:
+            return base
+        data = base.to_dict()
+        for key, value in self.model_overrides.items():
+            if key == "loss":
+                data["loss"] = {**data["loss"], **value}
+            else:
+                data[key] = value
+        return ModelConfig.from_dict(data, f"{self.name}: {self.model} + model_overrides")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:

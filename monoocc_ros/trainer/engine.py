@@ -35,7 +35,7 @@ from monoocc_ros.checkpoint import (
 from monoocc_ros.data.dataset import SPLITS, DatasetConfig, SemanticKITTIDataset, list_sequences
 from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import SSCMetrics, SSCScores
-from monoocc_ros.model.config import ModelConfig, load_named_config
+from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.monoocc import MonoOcc
 from monoocc_ros.trainer.config import TrainConfig
@@ -200,7 +200,7 @@ def train(
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
-    model_cfg = load_named_config(cfg.model)
+    model_cfg = cfg.model_config()
     if (cfg.stage == "teacher") != model_cfg.is_teacher:
         raise ValueError(
             f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
