@@ -129,3 +129,13 @@ def build_model_from_checkpoint(path: str | os.PathLike, map_location: str | tor
     check_weights_match(model, data["weights"], f"checkpoint {path}")
     model.load_state_dict(data["weights"])
     return model.eval(), data
+
+
+def export_weights(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """A deployable copy of a training checkpoint: config, class table, weights, step and
+    metrics, without optimizer/scheduler state (a third of the size)."""
+    data = load_checkpoint(src)
+    keep = {k: data[k] for k in ("step", "epoch", "metrics", "train_config") if k in data}
+    save_checkpoint(dst, data["model_config"], data["weights"], source=str(src), source_code_version=data.get(
+        "code_version"), **keep)  # fmt: skip
+    return data

@@ -37,6 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the scores to this JSON file")
 
+    ex = sub.add_parser("export", help="a deployable checkpoint (weights, config, metrics; no optimizer state)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True, help="e.g. models/student_tiny.pt")
+
     bag = sub.add_parser("bag", help="rosbag2 tools: from-dataset, play, record, eval")
     bag_sub = bag.add_subparsers(dest="bag_command", required=True, metavar="BAGCOMMAND")
     fd = bag_sub.add_parser("from-dataset", help="write a SemanticKITTI-format sequence as a rosbag2")
@@ -130,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.trainer.evaluate import main as eval_main
 
         return eval_main(args)
+    if args.command == "export":
+        from pathlib import Path
+
+        from monoocc_ros.checkpoint import export_weights
+
+        data = export_weights(args.checkpoint, args.out)
+        size = Path(args.out).stat().st_size / 2**20
+        print(
+            f"wrote {args.out} ({size:.1f} MiB): {data['model_config'].name}, step {data.get('step')}, "
+            f"metrics { ({k: round(v, 2) for k, v in data.get('metrics', {}).items() if isinstance(v, float)}) }"
+        )
+        return 0
     if args.command == "ablation":
         from monoocc_ros.trainer.ablation import run as run_ablation
 

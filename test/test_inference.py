@@ -115,3 +115,16 @@ def test_checkpoint_round_trip_and_errors(tmp_path, tiny):
         CheckpointError, match=r"missing 1 key\(s\) e.g. \['head.linear.bias'\].*shape mismatch in head.linear.weight"
     ):
         build_model_from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_export_strips_training_state(tmp_path, tiny):
+    from monoocc_ros.checkpoint import export_weights, load_checkpoint
+
+    src = tmp_path / "train.pt"
+    opt = torch.optim.AdamW([p for p in tiny.parameters() if p.requires_grad])
+    save_checkpoint(src, tiny.cfg, tiny.state_dict(), optimizer=opt.state_dict(), step=3, metrics={"miou": 1.0})
+    export_weights(src, tmp_path / "ship.pt")
+    data = load_checkpoint(tmp_path / "ship.pt")
+    assert "optimizer" not in data and data["step"] == 3 and data["metrics"] == {"miou": 1.0}
+    model, _ = build_model_from_checkpoint(tmp_path / "ship.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny.state_dict().values(), strict=True))
