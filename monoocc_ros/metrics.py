@@ -96,7 +96,7 @@ class SSCMetrics:
 
 
 def _ratio(num: float, den: float) -> float:
-    return 100.0 * num / den if den > 0 else 0.0
+    return float(100.0 * num / den) if den > 0 else 0.0
 
 
 def scores_from_confusion(conf: np.ndarray) -> SSCScores:

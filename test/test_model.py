@@ -199,7 +199,7 @@ def test_loss_terms_switch_off():
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['embed'\]"):
+    with pytest.raises(ConfigError, match=r"unknown model key\(s\) \[.embed.\]"):
         ModelConfig.from_dict({"name": "x", "embed": 3})
     with pytest.raises(ConfigError, match="divisible by heads"):
         ModelConfig.from_dict({"name": "x", "embed_dim": 30, "heads": 8})

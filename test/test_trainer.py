@@ -145,3 +145,19 @@ def test_ablation_table_reports_spread_and_missing_runs():
     text = format_results({"student (full)": [run, run2], "teacher": []}, [42, 43])
     assert "| student (full) | 50.00 ± 0.00 (n=2) | 22.00 ± 2.00 (n=2) |" in text
     assert "| teacher | not run | not run | not run | not run |" in text
+
+
+def test_train_config_errors_name_the_key(tmp_path):
+    from monoocc_ros.model.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown training key\(s\) \['epochz'\]"):
+        TrainConfig.from_dict({"name": "x", "model": "student_tiny", "data_root": ".", "epochz": 3})
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['data_root'\]"):
+        TrainConfig.from_dict({"name": "x", "model": "student_tiny"})
+    with pytest.raises(ConfigError, match="stage"):
+        TrainConfig.from_dict({"name": "x", "model": "student_tiny", "data_root": ".", "stage": "both"})
+    cfg = TrainConfig.from_dict(
+        {"name": "x", "model": "student_tiny", "data_root": ".", "model_overrides": {"heads": 5}}
+    )
+    with pytest.raises(ConfigError, match="divisible by heads"):
+        cfg.model_config()

@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the key."""
 
 
+def check_keys(cls: type, data: Any, source: str, what: str, required: tuple[str, ...] = ()) -> None:
+    """One validation of a YAML mapping against a config dataclass: a mapping, no unknown keys
+    (typos fail loudly instead of being ignored), no missing required keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of {what}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown {what} key(s) {unknown}; known: {sorted(known)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {missing}")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of each loss term; 0 switches a term off (for ablations)."""

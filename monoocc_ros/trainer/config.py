@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from monoocc_ros.model.config import ConfigError
+from monoocc_ros.model.config import ConfigError, check_keys
 
 STAGES = ("teacher", "student")
 
@@ -84,15 +84,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of training settings")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("name", "model", "data_root") if k not in data]
-        if missing:
-            raise ConfigError(f"{source}: missing key(s) {missing}")
+        check_keys(cls, data, source, "training", required=("name", "model", "data_root"))
         data = dict(data)
         for key in ("train_sequences", "val_sequences"):
             if data.get(key) is not None:
