@@ -107,6 +107,16 @@ class Player:
                 return count
 
 
+def _matching_qos(node, topic: str):
+    """Reliable when every publisher is reliable, else best effort (a reliable subscription
+    would receive nothing from a best-effort camera), as `ros2 bag record` adapts."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    infos = node.get_publishers_info_by_topic(topic)
+    reliable = bool(infos) and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+    return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+
+
 def record(
     topics: list[str],
     out: str | Path,
@@ -147,7 +157,7 @@ def record(
                 return cb
 
             for t, msgtype in types.items():
-                node.create_subscription(python_msg_class(msgtype), t, make_cb(t), 10, raw=True)
+                node.create_subscription(python_msg_class(msgtype), t, make_cb(t), _matching_qos(node, t), raw=True)
             end = time.monotonic() + duration if duration else None
             while not stop["flag"]:
                 rclpy.spin_once(node, timeout_sec=0.1)
