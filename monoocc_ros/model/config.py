@@ -130,21 +130,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ModelConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of model settings")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "name" not in data:
-            raise ConfigError(f"{source}: missing key 'name'")
+        check_keys(cls, data, source, "model", required=("name",))
         data = dict(data)
         loss = data.pop("loss", {}) or {}
-        loss_known = {f.name for f in dataclasses.fields(LossConfig)}
-        if set(loss) - loss_known:
-            raise ConfigError(
-                f"{source}: unknown loss key(s) {sorted(set(loss) - loss_known)}; known: {sorted(loss_known)}"
-            )
+        check_keys(LossConfig, loss, source, "loss")
         if "frame_offsets" in data:
             data["frame_offsets"] = tuple(int(v) for v in data["frame_offsets"])
         types = {f.name: f.type for f in dataclasses.fields(cls)}
