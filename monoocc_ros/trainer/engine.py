@@ -332,13 +332,11 @@ def train(
         accum: dict[str, float] = {}
         for i, batch in enumerate(loader):
             images, proj = model_inputs(batch, model_cfg, dev)
-            if teacher is not None:
+            t_out = None
+            if teacher is not None:  # frozen, on its own frames (the Dataset loads the teacher's offsets)
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    t_out = teacher(batch["other_images"].to(dev), batch["other_projections"].to(dev))
+                    t_out = teacher(*model_inputs(batch, teacher.cfg, dev))
                 t_out = {k: v.float() for k, v in t_out.items()}
-                images, proj = batch["image"][:, None].to(dev), batch["projection"][:, None].to(dev)
-            else:
-                t_out = None
             targets = {k: v.to(dev) for k, v in batch.items() if k.startswith(("target", "labels_2d", "depth_2d"))}
             sync = (i + 1) % cfg.grad_accum == 0
             ctx = ddp_model.no_sync() if (info.world_size > 1 and not sync) else contextlib.nullcontext()
