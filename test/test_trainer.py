@@ -161,3 +161,36 @@ def test_train_config_errors_name_the_key(tmp_path):
     )
     with pytest.raises(ConfigError, match="divisible by heads"):
         cfg.model_config()
+
+
+def test_distillation_from_a_trained_teacher(tmp_path, data_root):
+    teacher_yaml = tmp_path / "micro_teacher.yaml"
+    teacher_yaml.write_text(
+        yaml.safe_dump(
+            {
+                **MICRO,
+                "name": "micro_teacher",
+                "frame_offsets": [-1, 0, 1],
+                "cross_view_blocks": 1,
+                "cross_view_window": 4,
+            }
+        )
+    )
+    t_cfg = _config(tmp_path / "t", data_root, stage="teacher", model=str(teacher_yaml), max_steps=1)
+    train(t_cfg, device="cpu", progress=False)
+    ckpt = str(t_cfg.output_dir / "last.pt")
+    with pytest.raises(ValueError, match="nothing would be distilled"):
+        train(_config(tmp_path / "s0", data_root, max_steps=1, teacher_checkpoint=ckpt), device="cpu", progress=False)
+    s_cfg = _config(
+        tmp_path / "s",
+        data_root,
+        max_steps=2,
+        teacher_checkpoint=ckpt,
+        model_overrides={"loss": {"distill_feature": 1.0}},
+    )
+    result = train(s_cfg, device="cpu", progress=False)
+    assert result["step"] == 2
+    header = (s_cfg.output_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "loss/distill_feature" in header
+    with pytest.raises(ValueError, match="needs a multi-frame model"):
+        train(_config(tmp_path / "x", data_root, stage="teacher", max_steps=1), device="cpu", progress=False)

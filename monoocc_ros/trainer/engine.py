@@ -209,6 +209,11 @@ def train(
     torch.manual_seed(cfg.seed)
     teacher = None
     if cfg.teacher_checkpoint:
+        if not (model_cfg.loss.distill_feature or model_cfg.loss.distill_logit):
+            raise ValueError(
+                f"teacher_checkpoint is set but {model_cfg.name}'s loss.distill_feature and loss.distill_logit are 0: "
+                "nothing would be distilled (set a weight, or drop the teacher)"
+            )
         teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
         tc = tdata["model_config"]
         if (tc.embed_dim, tc.query_scale, tc.output_scale) != (
