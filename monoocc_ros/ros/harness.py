@@ -80,7 +80,7 @@ def camera_info_msg(p: np.ndarray, width: int, height: int, stamp_ns: int):
 class Harness:
     """A test-side node publishing camera topics and collecting the node's outputs."""
 
-    def __init__(self, ns: str) -> None:
+    def __init__(self, ns: str, visualization: bool = True) -> None:
         import rclpy
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -96,8 +96,9 @@ class Harness:
         self.voxels, self.markers, self.points = [], [], []
         out = f"{ns}/occupancy_node/output"
         self.node.create_subscription(VoxelGrid, f"{out}/voxels", self.voxels.append, 10)
-        self.node.create_subscription(MarkerArray, f"{out}/markers", self.markers.append, 10)
-        self.node.create_subscription(PointCloud2, f"{out}/points", self.points.append, 10)
+        if visualization:  # the node builds markers and points only while someone subscribes
+            self.node.create_subscription(MarkerArray, f"{out}/markers", self.markers.append, 10)
+            self.node.create_subscription(PointCloud2, f"{out}/points", self.points.append, 10)
 
     def spin_until(self, cond, timeout: float, proc: subprocess.Popen | None = None) -> bool:
         deadline = time.monotonic() + timeout
