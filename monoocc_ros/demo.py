@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from monoocc_ros.classes import CLASS_COLORS_RGB, CLASS_NAMES
-from monoocc_ros.viz import bev_image, side_by_side
+from monoocc_ros.classes import CLASS_COLORS_RGB
+from monoocc_ros.paths import package_file, use_local_dds
+from monoocc_ros.viz import bev_image, legend_image, side_by_side
 
 DEMO_SEED = 2026  # not a training seed (models/README.md lists those)
 
@@ -28,16 +29,6 @@ def _titled(img: np.ndarray, title: str) -> np.ndarray:
     canvas.paste(Image.fromarray(img), (0, 18))
     ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
     return np.asarray(canvas)
-
-
-def _legend() -> np.ndarray:
-    leg = Image.new("RGB", (130, 19 * 18 + 4), "white")
-    d = ImageDraw.Draw(leg)
-    for i in range(1, 20):
-        y = 4 + (i - 1) * 18
-        d.rectangle([4, y, 18, y + 12], fill=tuple(int(c) for c in CLASS_COLORS_RGB[i]))
-        d.text((24, y), CLASS_NAMES[i], fill="black")
-    return np.asarray(leg)
 
 
 def render_3d(labels: np.ndarray, path: Path, size: tuple[int, int] = (960, 540)) -> None:
@@ -63,9 +54,7 @@ def render_3d(labels: np.ndarray, path: Path, size: tuple[int, int] = (960, 540)
 
 
 def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, frames: int = 20) -> int:
-    from monoocc_ros.bag.cli import _dds_env
-
-    _dds_env()
+    use_local_dds()
     from monoocc_ros.bag.dataset import from_dataset
     from monoocc_ros.bag.evaluate import header_stamp, load_ground_truth
     from monoocc_ros.bag.io import PRED_TOPIC, typestore
@@ -73,12 +62,11 @@ def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, fr
     from monoocc_ros.bag.replay import replay_eval
     from monoocc_ros.data.synth import synthesize
     from monoocc_ros.ros.convert import msg_to_grid
-    from monoocc_ros.ros.node import repo_or_share_path
 
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(checkpoint) if checkpoint else repo_or_share_path("models/student_tiny.pt")
+    ckpt = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} not found; train one (models/README.md) or pass --checkpoint")
     data, bag, pred = out / "data", out / "bag", out / "pred"
@@ -114,7 +102,7 @@ def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, fr
         ]
         if stamp in gt:
             panels.append(_titled(bev_image(gt[stamp], 1), "ground truth (top view)"))
-        panels.append(_legend())
+        panels.append(legend_image())
         path = out / f"frame_{frame:06d}.png"
         Image.fromarray(side_by_side(*panels)).save(path)
         written.append(path)

@@ -92,14 +92,18 @@ class Prepared:
     projection: np.ndarray
 
 
+def network_input_size(cfg: ModelConfig) -> tuple[int, int]:
+    """(H, W) the network sees: the training image scaled by the config's image_scale."""
+    return round(TRAIN_SIZE[0] * cfg.image_scale), round(TRAIN_SIZE[1] * cfg.image_scale)
+
+
 def prepare_input(cfg: ModelConfig, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray) -> Prepared:
     """Rescale to the training focal length, pad/crop to the training size with the principal
     point where training had it, and compose the projection grid -> network pixels."""
     k, e = validate_camera(image, intrinsics, extrinsic)
-    s = cfg.image_scale
-    out_h, out_w = round(TRAIN_SIZE[0] * s), round(TRAIN_SIZE[1] * s)
+    out_h, out_w = network_input_size(cfg)
     # Resize so fx matches training (fy follows with the same factor: square-ish pixels).
-    f = TRAIN_FOCAL * s / k[0, 0]
+    f = TRAIN_FOCAL * cfg.image_scale / k[0, 0]
     h, w = image.shape[:2]
     new_h, new_w = max(1, round(h * f)), max(1, round(w * f))
     img, p = resize_image_and_projection(np.ascontiguousarray(image), k @ e, (new_h, new_w))

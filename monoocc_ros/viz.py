@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monoocc_ros.classes import CLASS_COLORS_RGB, IGNORE
+from monoocc_ros.classes import CLASS_COLORS_RGB, CLASS_NAMES, IGNORE
 
 
 def bev_image(labels: np.ndarray, scale: int = 2) -> np.ndarray:
@@ -22,6 +22,19 @@ def bev_image(labels: np.ndarray, scale: int = 2) -> np.ndarray:
     img[has] = CLASS_COLORS_RGB[cls[has]]
     img = img[::-1, ::-1]  # row = reversed x (forward is up), column = reversed y (left is left)
     return np.repeat(np.repeat(np.ascontiguousarray(img), scale, 0), scale, 1)
+
+
+def legend_image(row: int = 18) -> np.ndarray:
+    """The 19 class colours with their names, one per row (RGB uint8)."""
+    from PIL import Image, ImageDraw
+
+    legend = Image.new("RGB", (130, 19 * row + 4), "white")
+    draw = ImageDraw.Draw(legend)
+    for i in range(1, 20):
+        y = 4 + (i - 1) * row
+        draw.rectangle([4, y, 18, y + row - 6], fill=tuple(int(c) for c in CLASS_COLORS_RGB[i]))
+        draw.text((24, y), CLASS_NAMES[i], fill="black")
+    return np.asarray(legend)
 
 
 def side_by_side(*panels: np.ndarray, gap: int = 8) -> np.ndarray:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-
-def _dds_env() -> None:
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    xml = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
-    if xml.is_file():
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))
+from monoocc_ros.paths import use_local_dds
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "replay-eval":
-        _dds_env()
+        use_local_dds()
         from monoocc_ros.bag.replay import replay_eval
 
         result = replay_eval(args.bag, args.checkpoint, args.rate, out=args.out)
@@ -47,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(score_bags(args.pred, args.gt, args.pred_topic, args.gt_topic).report())
         return 0
-    _dds_env()
+    use_local_dds()
     if cmd == "play":
         import rclpy
 

@@ -10,6 +10,8 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from monoocc_ros.paths import package_file
+
 VOXELGRID_TYPE = "monoocc_ros/msg/VoxelGrid"
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
@@ -17,19 +19,10 @@ GT_TOPIC = "/ground_truth/voxels"
 PRED_TOPIC = "/occupancy_node/output/voxels"
 
 
-def msg_definition_path() -> Path:
-    here = Path(__file__).resolve().parents[2] / "msg" / "VoxelGrid.msg"
-    if here.is_file():
-        return here
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("monoocc_ros")) / "msg" / "VoxelGrid.msg"
-
-
 @lru_cache(maxsize=1)
 def typestore():
     store = get_typestore(Stores.ROS2_KILTED)
-    store.register(get_types_from_msg(msg_definition_path().read_text(), VOXELGRID_TYPE))
+    store.register(get_types_from_msg(package_file("msg/VoxelGrid.msg").read_text(), VOXELGRID_TYPE))
     return store
 
 

@@ -32,14 +32,13 @@ from monoocc_ros.bag.io import (
 )
 from monoocc_ros.bag.play import Player, bag_topics, read_bag
 from monoocc_ros.metrics import SSCMetrics
+from monoocc_ros.paths import package_file
 from monoocc_ros.ros.convert import msg_to_grid
 
 
 def start_node_process(checkpoint: str | None, extra_params: list[str] | None = None) -> subprocess.Popen:
-    from monoocc_ros.ros.node import repo_or_share_path
-
     cmd = [sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
-           "--params-file", str(repo_or_share_path("config/occ.yaml")),
+           "--params-file", str(package_file("config/occ.yaml")),
            "-p", "use_sim_time:=true", "-p", "device:=cpu",
            "-r", f"~/input/image:={IMAGE_TOPIC}", "-r", f"~/input/camera_info:={INFO_TOPIC}"]  # fmt: skip
     if checkpoint:

@@ -14,9 +14,11 @@ import sys
 import time
 
 from monoocc_ros.benchmarks.report import markdown_table, summarize
+from monoocc_ros.paths import use_local_dds
 
 
 def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]]:
+    use_local_dds()
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -24,7 +26,6 @@ def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]
     from monoocc_ros.ros.convert import grid_to_msg, msg_to_grid
     from monoocc_ros.ros.dds_probe import reference_grid
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     labels, confidence = reference_grid()
     to_msg, to_msg_conf, from_msg = [], [], []
     msg = None

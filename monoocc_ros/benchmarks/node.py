@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from monoocc_ros.benchmarks.report import markdown_table
+from monoocc_ros.paths import package_file, use_local_dds
 
 
 def _frame() -> np.ndarray:
@@ -30,11 +31,9 @@ def _frame() -> np.ndarray:
 
 
 def _checkpoint(path: str | None) -> tuple[Path, str]:
-    from monoocc_ros.ros.node import repo_or_share_path
-
     if path:
         return Path(path), Path(path).name
-    shipped = repo_or_share_path("models/student_tiny.pt")
+    shipped = package_file("models/student_tiny.pt")
     if shipped.is_file():
         return shipped, "models/student_tiny.pt"
     import torch
@@ -51,10 +50,7 @@ def _checkpoint(path: str | None) -> tuple[Path, str]:
 
 
 def main(checkpoint: str | None = None, frames: int = 20, e2e_frames: int = 20) -> int:
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    repo_xml = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
-    if repo_xml.is_file():
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(repo_xml))
+    use_local_dds()
     import rclpy
     from sensor_msgs.msg import PointCloud2
     from visualization_msgs.msg import MarkerArray

@@ -16,6 +16,7 @@ import yaml
 
 from monoocc_ros.classes import NUM_CLASSES
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
+from monoocc_ros.paths import package_file
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -155,27 +156,12 @@ class ModelConfig:
         return cls.from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
-
-
-def find_config_dir() -> Path:
-    """config/model in the source tree, or share/monoocc_ros/config/model in a colcon install."""
-    if CONFIG_DIR.is_dir():
-        return CONFIG_DIR
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("monoocc_ros")) / "config" / "model"
-    except Exception as exc:  # not in a ROS environment either
-        raise FileNotFoundError(f"config/model not found at {CONFIG_DIR} nor in a ROS package share") from exc
-
-
 def load_named_config(name: str) -> ModelConfig:
     """A shipped config by name (`student_tiny`, `teacher_small`, ...) or a path to a YAML file."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return ModelConfig.from_yaml(path)
-    directory = find_config_dir()
+    directory = package_file("config/model")
     candidate = directory / f"{name}.yaml"
     if not candidate.is_file():
         have = sorted(p.stem for p in directory.glob("*.yaml"))

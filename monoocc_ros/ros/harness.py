@@ -16,7 +16,7 @@ import torch
 from monoocc_ros.checkpoint import save_checkpoint
 from monoocc_ros.model.config import load_named_config
 from monoocc_ros.model.monoocc import MonoOcc
-from monoocc_ros.ros.node import repo_or_share_path
+from monoocc_ros.paths import package_file
 
 
 def random_tiny_checkpoint(path: Path) -> Path:
@@ -30,7 +30,7 @@ def random_tiny_checkpoint(path: Path) -> Path:
 def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
-        "--params-file", str(repo_or_share_path("config/occ.yaml")),
+        "--params-file", str(package_file("config/occ.yaml")),
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
         "-r", f"__ns:={ns}",
         "-r", f"~/input/image:={ns}/camera/image_raw", "-r", f"~/input/camera_info:={ns}/camera/camera_info",

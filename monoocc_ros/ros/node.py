@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from monoocc_ros.geometry import KITTI_CALIB
+from monoocc_ros.paths import package_file
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,6 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
 )  # fmt: skip
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
-
-
-def repo_or_share_path(relative: str) -> Path:
-    """A file shipped with the package: the source tree first, then the colcon share directory."""
-    here = Path(__file__).resolve().parents[2] / relative
-    if here.exists():
-        return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("monoocc_ros")) / relative
-    except Exception:
-        return here
 
 
 def validate_params(values: dict[str, Any]) -> list[str]:
@@ -203,7 +191,7 @@ def _make_node_class():
         def _load_model(self, checkpoint: str) -> bool:
             from monoocc_ros.inference import Predictor
 
-            path = Path(checkpoint) if checkpoint else repo_or_share_path("models/student_tiny.pt")
+            path = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
             try:
                 self.predictor = Predictor.from_checkpoint(path, self.values["device"], self.values["half_precision"])
                 self.model_error = ""

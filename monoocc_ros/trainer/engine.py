@@ -33,7 +33,7 @@ from monoocc_ros.checkpoint import (
     save_checkpoint,
 )
 from monoocc_ros.data.dataset import SPLITS, DatasetConfig, SemanticKITTIDataset, list_sequences
-from monoocc_ros.inference import resolve_device
+from monoocc_ros.inference import network_input_size, resolve_device
 from monoocc_ros.metrics import SSCMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
@@ -60,12 +60,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def image_size(cfg: ModelConfig) -> tuple[int, int]:
-    from monoocc_ros.inference import TRAIN_SIZE
-
-    return round(TRAIN_SIZE[0] * cfg.image_scale), round(TRAIN_SIZE[1] * cfg.image_scale)
 
 
 def target_key(scale: int) -> str:
@@ -96,7 +90,7 @@ def make_dataset(
         DatasetConfig(
             root=root,
             sequences=sequences,
-            image_size=image_size(model_cfg),
+            image_size=network_input_size(model_cfg),
             frame_offsets=offsets if len(offsets) > 1 else (),
             downsample=tuple(scales),
         )

@@ -1,0 +1,41 @@
+"""Where the package's own files are, and the DDS settings for processes it starts on one machine.
+
+Files shipped beside the Python package (config/, models/, msg/) live in the source tree when
+running from a checkout or the pip environment of `make setup`, and under
+share/monoocc_ros/ after a colcon install; `package_file` finds them in either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_file(relative: str) -> Path:
+    """A shipped file: the source tree first, then the ROS package share directory. When neither
+    has it, the source-tree path is returned so the caller's error names a sensible place."""
+    here = SOURCE_ROOT / relative
+    if here.exists():
+        return here
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return here
+    try:
+        shared = Path(get_package_share_directory("monoocc_ros")) / relative
+    except PackageNotFoundError:
+        return here
+    return shared if shared.exists() else here
+
+
+def use_local_dds() -> None:
+    """For the processes this package starts itself (benchmarks, bag tools, demo; the tests and the
+    Makefile do the same): DDS discovery on localhost only, and Fast DDS on shared memory with
+    segments large enough for camera images (see config/fastdds_shm.xml). Settings the user has
+    already exported win. Must run before rclpy.init and before child processes start."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    profile = package_file("config/fastdds_shm.xml")
+    if profile.is_file():
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
