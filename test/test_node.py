@@ -146,3 +146,42 @@ def test_node_survives_malformed_input(checkpoint):
         h.close()
         log = stop_node(proc)
     assert "not supported" in log and "zero focal length" in log
+
+
+def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, tmp_path):
+    """A checkpoint that does not exist: the node stays up with an ERROR diagnostic naming it;
+    setting the `checkpoint` parameter to a good file at run time makes it serve frames."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    ns = f"/ckpt{os.getpid()}"
+    missing = tmp_path / "nope.pt"
+    proc = start_node(missing, ns)
+    h = Harness(ns, visualization=False)
+    diags = []
+    h.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    try:
+        assert h.wait_for_node(proc), stop_node(proc)
+        assert h.spin_until(
+            lambda: any(s.level == DiagnosticStatus.ERROR and "nope.pt" in s.message for d in diags for s in d.status),
+            30,
+            proc,
+        )
+        client = AsyncParameterClient(h.node, f"{ns}/occupancy_node")
+        assert client.wait_for_services(timeout_sec=30)
+        future = client.set_parameters([Parameter("checkpoint", value=str(checkpoint))])
+        assert h.spin_until(future.done, 60, proc)
+        assert future.result().results[0].successful
+        bad = client.set_parameters([Parameter("device", value="cpu")])  # start-up only
+        assert h.spin_until(bad.done, 30, proc)
+        assert not bad.result().results[0].successful
+        rgb = np.zeros((376, 1241, 3), np.uint8)
+        stamp = 7_000_000_000
+        h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], 1241, 376, stamp))
+        assert h.spin_until(lambda: len(h.voxels) == 1, 90, proc), stop_node(proc)
+        assert msg_to_grid(h.voxels[0]).stamp_ns == stamp
+    finally:
+        h.close()
+        log = stop_node(proc)
+    assert "cannot load checkpoint" in log and "nope.pt" in log
