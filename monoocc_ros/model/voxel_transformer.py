@@ -44,15 +44,27 @@ class FFN(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
 
-class CrossAttentionLayer(nn.Module):
-    """Voxel queries (B, N, C) attend to K cameras' feature maps (B*K, C, h, w)."""
+class _PostNormLayer(nn.Module):
+    """Deformable attention -> LayerNorm -> FFN -> LayerNorm, the block both layer kinds share;
+    `ndim` is the attention's sampling dimension (2: image features, 3: the voxel volume)."""
 
-    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, dropout: float, ndim: int) -> None:
         super().__init__()
-        self.attn = DeformableAttention(dim, heads, points, ndim=2)
+        self.attn = DeformableAttention(dim, heads, points, ndim=ndim)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
+
+    def _residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x + self.dropout(attended))
+        return self.norm2(y + self.dropout(self.ffn(y)))
+
+
+class CrossAttentionLayer(_PostNormLayer):
+    """Voxel queries (B, N, C) attend to K cameras' feature maps (B*K, C, h, w)."""
+
+    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__(dim, heads, points, ffn_dim, dropout, ndim=2)
 
     def forward(
         self,
@@ -71,20 +83,14 @@ class CrossAttentionLayer(nn.Module):
         vis = visible.unsqueeze(-1).to(out.dtype)
         seen = vis.sum(1)  # (B, N, 1) cameras that see each voxel
         attended = (out * vis).sum(1) / seen.clamp(min=1.0)
-        y = self.norm1(x + self.dropout(attended))
-        y = self.norm2(y + self.dropout(self.ffn(y)))
-        return torch.where(seen > 0, y, x)
+        return torch.where(seen > 0, self._residuals(x, attended), x)
 
 
-class SelfAttentionLayer(nn.Module):
+class SelfAttentionLayer(_PostNormLayer):
     """Deformable self-attention over the whole voxel volume with 3D sampling offsets."""
 
     def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.attn = DeformableAttention(dim, heads, points, ndim=3)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = FFN(dim, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+        super().__init__(dim, heads, points, ffn_dim, dropout, ndim=3)
 
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shape: tuple[int, int, int]
@@ -93,8 +99,7 @@ class SelfAttentionLayer(nn.Module):
         b, n, _ = x.shape
         # x is already the volume's tokens in C order of (X, Y, Z): grid_sample's (D, H, W).
         out = self.attn(x + pos, ref.unsqueeze(0).expand(b, n, 3), x, shape)
-        y = self.norm1(x + self.dropout(out))
-        return self.norm2(y + self.dropout(self.ffn(y)))
+        return self._residuals(x, out)
 
 
 class VoxelTransformer(nn.Module):
