@@ -37,9 +37,22 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the scores to this JSON file")
 
-    ex = sub.add_parser("export", help="a deployable checkpoint (weights, config, metrics; no optimizer state)")
+    ex = sub.add_parser(
+        "export", help="a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)"
+    )
     ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--out", required=True, help="e.g. models/student_tiny.pt")
+    ex.add_argument("--out", help="deployable checkpoint to write (no optimizer state), e.g. models/student_tiny.pt")
+    ex.add_argument("--onnx", help="ONNX model to write (opset 20), for the onnxruntime backend")
+    ex.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="ONNX input size (default: the config's network input size)")  # fmt: skip
+
+    pr = sub.add_parser("predict", help="occupancy of one image: SemanticKITTI .label file and a BEV picture")
+    pr.add_argument("--model", help="checkpoint (.pt) or ONNX export (.onnx); default models/student_tiny.pt")
+    pr.add_argument("--image", required=True, help="RGB image (PNG/JPEG)")
+    pr.add_argument("--calib", help="KITTI calib.txt (P2 and Tr); default: KITTI's odometry calibration")
+    pr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--out", required=True, help="output stem: writes OUT.label (raw ids) and OUT.png")
 
     bag = sub.add_parser("bag", help="rosbag2 tools: from-dataset, play, record, eval")
     bag_sub = bag.add_subparsers(dest="bag_command", required=True, metavar="BAGCOMMAND")
@@ -137,15 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from pathlib import Path
 
-        from monoocc_ros.checkpoint import export_weights
+        from monoocc_ros.checkpoint import CheckpointError, export_weights
 
-        data = export_weights(args.checkpoint, args.out)
-        size = Path(args.out).stat().st_size / 2**20
-        print(
-            f"wrote {args.out} ({size:.1f} MiB): {data['model_config'].name}, step {data.get('step')}, "
-            f"metrics { ({k: round(v, 2) for k, v in data.get('metrics', {}).items() if isinstance(v, float)}) }"
-        )
+        if not args.out and not args.onnx:
+            raise SystemExit("monoocc export: give --out (checkpoint) and/or --onnx (ONNX model)")
+        try:
+            if args.out:
+                data = export_weights(args.checkpoint, args.out)
+                size = Path(args.out).stat().st_size / 2**20
+                metrics = {k: round(v, 2) for k, v in data.get("metrics", {}).items() if isinstance(v, float)}
+                print(
+                    f"wrote {args.out} ({size:.1f} MiB): {data['model_config'].name}, step {data.get('step')}, "
+                    f"metrics {metrics}"
+                )
+            if args.onnx:
+                from monoocc_ros.onnx_export import ExportError, export_onnx
+
+                try:
+                    print(export_onnx(args.checkpoint, args.onnx, tuple(args.image_size) if args.image_size else None)
+                          .describe())  # fmt: skip
+                except ExportError as exc:
+                    raise SystemExit(f"monoocc export: {exc}") from exc
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise SystemExit(f"monoocc export: {exc}") from exc
         return 0
+    if args.command == "predict":
+        from monoocc_ros.predict import main as predict_main
+
+        return predict_main(args)
     if args.command == "ablation":
         from monoocc_ros.trainer.ablation import run as run_ablation
 

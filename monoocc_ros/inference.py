@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,11 +98,18 @@ def network_input_size(cfg: ModelConfig) -> tuple[int, int]:
     return round(TRAIN_SIZE[0] * cfg.image_scale), round(TRAIN_SIZE[1] * cfg.image_scale)
 
 
-def prepare_input(cfg: ModelConfig, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray) -> Prepared:
-    """Rescale to the training focal length, pad/crop to the training size with the principal
-    point where training had it, and compose the projection grid -> network pixels."""
+def prepare_input(
+    cfg: ModelConfig,
+    image: np.ndarray,
+    intrinsics: np.ndarray,
+    extrinsic: np.ndarray,
+    size: tuple[int, int] | None = None,
+) -> Prepared:
+    """Rescale to the training focal length, pad/crop to the network input size (default the
+    config's; an ONNX export may fix another) with the principal point at the same relative
+    place as in training, and compose the projection grid -> network pixels."""
     k, e = validate_camera(image, intrinsics, extrinsic)
-    out_h, out_w = network_input_size(cfg)
+    out_h, out_w = size or network_input_size(cfg)
     # Resize so fx matches training (fy follows with the same factor: square-ish pixels).
     f = TRAIN_FOCAL * cfg.image_scale / k[0, 0]
     h, w = image.shape[:2]
@@ -134,40 +142,175 @@ def expand_to_full_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.repeat_interleave(factor, 0).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
 
 
-class Predictor:
+class TorchBackend:
+    """Eager PyTorch on the CPU or CUDA (optionally fp16 autocast on CUDA)."""
+
+    name = "torch"
+
     def __init__(self, model: torch.nn.Module, device: str = "auto", half_precision: bool = False) -> None:
-        cfg: ModelConfig = model.cfg
-        if cfg.is_teacher:
+        if model.cfg.is_teacher:
             raise ValueError(
-                f"{cfg.name} is a multi-frame teacher ({cfg.frame_offsets}); the node runs monocular students"
+                f"{model.cfg.name} is a multi-frame teacher ({model.cfg.frame_offsets}); "
+                "the node runs monocular students"
             )
         self.device = resolve_device(device)
         if half_precision and self.device.type != "cuda":
             raise ValueError("half_precision needs CUDA; the CPU runs float32")
-        self.cfg, self.half = cfg, half_precision
+        self.cfg: ModelConfig = model.cfg
+        self.half = half_precision
+        self.input_size = network_input_size(self.cfg)
         self.model = model.to(self.device).eval()
+
+    def describe(self) -> str:
+        return f"torch on {self.device}{' (fp16)' if self.half else ''}"
+
+    @torch.inference_mode()
+    def logits(self, prepared: Prepared) -> torch.Tensor:
+        img = torch.from_numpy(prepared.image)[None, None].to(self.device)
+        proj = torch.from_numpy(prepared.projection)[None, None].to(self.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+            out = self.model.occupancy_logits(img, proj)
+        return out.float()
+
+
+def onnxruntime_providers(device: str) -> list[str]:
+    """Execution providers for a device choice: the CPU only for "cpu"; TensorRT and CUDA first
+    when installed for "auto"; "cuda" without the CUDA provider is an error, not a fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "auto":
+        return [*gpu, "CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                f"device {device!r} requested but onnxruntime has no CUDA provider (installed: {available}); "
+                "install onnxruntime-gpu or use 'cpu'/'auto'"
+            )
+        return [*gpu, "CPUExecutionProvider"]
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+class OnnxRuntimeBackend:
+    """A file written by `monoocc export --onnx`, run by ONNX Runtime. Its config and input size
+    come from the file's metadata, so pre- and post-processing are the torch backend's."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        from monoocc_ros.onnx_export import INPUTS, OUTPUTS, ExportError, check_exportable, read_metadata
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        providers = onnxruntime_providers(device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's problem
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+            raise ExportError(f"cannot load ONNX model {path}: {exc}") from exc
+        info = read_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        check_exportable(info.config)
+        names = (tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs()))
+        if names != (INPUTS, OUTPUTS):
+            raise ExportError(f"{path} has inputs/outputs {names}, expected {(INPUTS, OUTPUTS)}")
+        self.cfg, self.input_size, self.path = info.config, info.image_size, path
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if any(p != "CPUExecutionProvider" for p in self.providers) else "cpu"
+
+    def describe(self) -> str:
+        return f"onnxruntime ({', '.join(self.providers)})"
+
+    def logits(self, prepared: Prepared) -> torch.Tensor:
+        (out,) = self.session.run(["logits"], {"image": prepared.image[None], "projection": prepared.projection[None]})
+        return torch.from_numpy(out)
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def onnx_cache_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a checkpoint's automatic ONNX export is kept: keyed by the checkpoint's content, so a
+    retrained file at the same path is exported again."""
+    from monoocc_ros.onnx_export import sha256
+
+    root = Path(os.environ.get("MONOOCC_CACHE", Path.home() / ".cache" / "monoocc_ros")) / "onnx"
+    return root / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:16]}.onnx"
+
+
+class Predictor:
+    """Pre-processing, one backend, post-processing. Build with `from_model`, `from_checkpoint`,
+    `from_onnx` or `load` (path + backend name)."""
+
+    def __init__(self, backend: TorchBackend | OnnxRuntimeBackend) -> None:
+        self.backend = backend
+        self.cfg: ModelConfig = backend.cfg
+        self.input_size = backend.input_size
+        self.device = backend.device
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, device: str = "auto", half_precision: bool = False) -> Predictor:
+        return cls(TorchBackend(model, device, half_precision))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", half_precision: bool = False) -> Predictor:
         from monoocc_ros.checkpoint import build_model_from_checkpoint
 
         model, _ = build_model_from_checkpoint(path)
-        return cls(model, device, half_precision)
+        return cls.from_model(model, device, half_precision)
 
-    @torch.inference_mode()
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, device: str = "auto") -> Predictor:
+        return cls(OnnxRuntimeBackend(path, device))
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, backend: str = "torch", device: str = "auto", half_precision: bool = False
+    ) -> Predictor:
+        """`path`: a checkpoint (.pt) or an ONNX export (.onnx). The onnxruntime backend given a
+        checkpoint exports it once to `onnx_cache_path` and reuses that file afterwards."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        is_onnx = str(path).endswith(".onnx")
+        if backend == "torch":
+            if is_onnx:
+                raise ValueError(f"{path} is an ONNX model: use backend 'onnxruntime' (torch runs .pt checkpoints)")
+            return cls.from_checkpoint(path, device, half_precision)
+        if half_precision:
+            raise ValueError("half_precision applies to the torch backend; the ONNX model runs float32")
+        if not is_onnx:
+            from monoocc_ros.checkpoint import load_checkpoint
+            from monoocc_ros.onnx_export import export_onnx
+
+            load_checkpoint(path)  # a bad checkpoint fails here with its own message, before hashing
+            cached = onnx_cache_path(path)
+            if not cached.is_file():
+                export_onnx(path, cached)
+            path = cached
+        return cls.from_onnx(path, device)
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
     def logits(self, prepared: Prepared) -> torch.Tensor:
         """(1, 20, X, Y, Z) float32 logits at the model's output grid."""
-        img = torch.from_numpy(prepared.image)[None, None].to(self.device)
-        proj = torch.from_numpy(prepared.projection)[None, None].to(self.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            out = self.model(img, proj)["logits"]
-        return out.float()
+        return self.backend.logits(prepared)
+
+    def prepare(self, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray) -> Prepared:
+        return prepare_input(self.cfg, image, intrinsics, extrinsic, self.input_size)
 
     def predict(
         self, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        prepared = prepare_input(self.cfg, image, intrinsics, extrinsic)
-        return self.postprocess(self.logits(prepared))
+        return self.postprocess(self.logits(self.prepare(image, intrinsics, extrinsic)))
 
     def postprocess(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         prob = logits[0].softmax(0)

@@ -54,7 +54,7 @@ def test_other_camera_geometry_is_preserved(tiny):
 
 
 def test_predict_outputs_full_grid(tiny):
-    pred = Predictor(tiny, device="cpu")
+    pred = Predictor.from_model(tiny, device="cpu")
     image = np.random.default_rng(1).integers(0, 255, (376, 1241, 3), dtype=np.uint8)
     labels, conf = pred.predict(image, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
     assert labels.shape == (256, 256, 32) and labels.dtype == np.uint8 and labels.max() < 20
@@ -85,11 +85,11 @@ def test_devices_never_fall_back_silently(tiny):
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
         with pytest.raises(ValueError, match="half_precision needs CUDA"):
-            Predictor(tiny, device="cpu", half_precision=True)
+            Predictor.from_model(tiny, device="cpu", half_precision=True)
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("tpu")
     with pytest.raises(ValueError, match="teacher"):
-        Predictor(MonoOcc(load_named_config("teacher_tiny")), device="cpu")
+        Predictor.from_model(MonoOcc(load_named_config("teacher_tiny")), device="cpu")
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path, tiny):

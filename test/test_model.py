@@ -210,3 +210,24 @@ def test_config_validation():
     with pytest.raises(FileNotFoundError, match="have"):
         load_named_config("nonexistent")
     assert load_named_config("student_tiny").output_grid.shape == (128, 128, 16)
+
+
+def test_batched_and_single_frame_cross_attention_agree():
+    """Training batches gather proposed voxels with padding; a single frame (the node, the ONNX
+    export) uses their indices directly. Same voxels, same features."""
+    torch.manual_seed(0)
+    model = MonoOcc(load_named_config("student_tiny")).eval()
+    t = model.transformer
+    b, c = 2, model.cfg.embed_dim
+    features = torch.randn(b, c, 12, 39)
+    full = lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
+    p = torch.from_numpy(resize_projection(full, 620 / IMAGE_WIDTH, 188 / IMAGE_HEIGHT)).float()
+    projection = p.expand(b, 1, 3, 4).contiguous()
+    proposed = torch.rand(b, *t.grid.shape) > torch.tensor([0.7, 0.9]).view(b, 1, 1, 1)  # different counts
+    with torch.no_grad():
+        batched = t(features, projection, (188, 620), proposed)
+        single = [t(features[i : i + 1], projection[i : i + 1], (188, 620), proposed[i : i + 1]) for i in range(b)]
+    torch.testing.assert_close(batched, torch.cat(single), atol=2e-4, rtol=0)  # float32 summation order
+    with torch.no_grad():
+        none = t(features[:1], projection[:1], (188, 620), torch.zeros_like(proposed[:1]))
+        assert torch.isfinite(none).all()

@@ -27,7 +27,8 @@ class OccupancyHead(nn.Module):
     def _up(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample == 1:
             return x
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        if not torch.onnx.is_in_onnx_export():  # a layout hint for torch's kernel; ONNX has no layouts
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return F.interpolate(x, scale_factor=self.upsample, mode="trilinear", align_corners=False)
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:

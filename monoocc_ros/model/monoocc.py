@@ -53,7 +53,16 @@ class MonoOcc(nn.Module):
 
     def forward(self, images: torch.Tensor, projections: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, K, 3, H, W) RGB in [0, 1]; projections (B, K, 3, 4) from this frame's grid
-        frame to each image's pixels. K must equal len(cfg.frame_offsets)."""
+        frame to each image's pixels. K must equal len(cfg.frame_offsets). Returns every output
+        the losses use."""
+        return self._run(images, projections, with_2d=True)
+
+    def occupancy_logits(self, images: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+        """Inference only (what the node, `predict` and the ONNX export run): logits (B, 20, X, Y, Z)
+        without the training-only 2D semantic head."""
+        return self._run(images, projections, with_2d=False)["logits"]
+
+    def _run(self, images: torch.Tensor, projections: torch.Tensor, with_2d: bool) -> dict[str, torch.Tensor]:
         b, k, _, h, w = images.shape
         if k != len(self.cfg.frame_offsets) or projections.shape != (b, k, 3, 4):
             raise ValueError(
@@ -65,13 +74,13 @@ class MonoOcc(nn.Module):
             feats = self.cross_view(feats.view(b, k, *feats.shape[1:])).reshape(b * k, *feats.shape[1:])
         current = feats.view(b, k, *feats.shape[1:])[:, self.current]
         size_2d = (h // LABEL_STRIDE, w // LABEL_STRIDE)
-        semantic_2d = self.semantic_2d(current, size_2d)
+        semantic_2d = self.semantic_2d(current, size_2d) if with_2d else None
         depth_logits, depth = self.depth(current, size_2d)
         proposal_logits, _ = self.proposal(depth, projections[:, self.current], (h, w))
         proposed = proposal_logits.detach().sigmoid() > self.cfg.proposal_threshold
         voxel_features = self.transformer(feats, projections, (h, w), proposed)
         logits = self.head(voxel_features)
-        return {
+        outputs = {
             "logits": logits,
             "voxel_features": voxel_features,
             "semantic_2d": semantic_2d,
@@ -80,3 +89,4 @@ class MonoOcc(nn.Module):
             "proposal_logits": proposal_logits,
             "proposed": proposed,
         }
+        return outputs if with_2d else {"logits": logits}

@@ -55,21 +55,39 @@ def pixel_rays_to_points(depth: torch.Tensor, projection: torch.Tensor, image_hw
     d = depth.reshape(b, -1)
     pix = torch.stack([u.reshape(-1).expand(b, -1) * d, v.reshape(-1).expand(b, -1) * d, d], -1)  # (B, hw, 3)
     m, p4 = projection[:, :, :3], projection[:, :, 3]
-    return torch.linalg.solve(m, (pix - p4[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    return (pix - p4[:, None, :]) @ inverse_3x3(m).transpose(1, 2)
+
+
+def inverse_3x3(m: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) -> inverses by the adjugate. Written out instead of torch.linalg.inv/solve
+    because ONNX has no matrix inverse; eager and exported models share this one formula, so
+    both back-project the same points."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    cof = torch.stack(
+        [e * i - f * h, c * h - b * i, b * f - c * e,
+         f * g - d * i, a * i - c * g, c * d - a * f,
+         d * h - e * g, b * g - a * h, a * e - b * d],
+        -1,
+    ).view(-1, 3, 3)  # fmt: skip
+    det = a * cof[:, 0, 0] + b * cof[:, 1, 0] + c * cof[:, 2, 0]
+    return cof / det.view(-1, 1, 1)
 
 
 def voxelize_points(points: torch.Tensor, grid: GridSpec) -> torch.Tensor:
     """(B, N, 3) points -> (B, X, Y, Z) point counts per voxel (points outside are dropped)."""
-    b = points.shape[0]
     origin = torch.tensor(grid.origin, device=points.device, dtype=points.dtype)
     idx = torch.floor((points - origin) / grid.resolution).long()
     shape = torch.tensor(grid.shape, device=points.device)
     inside = ((idx >= 0) & (idx < shape)).all(-1)
     flat = (idx[..., 0] * grid.shape[1] + idx[..., 1]) * grid.shape[2] + idx[..., 2]
-    flat = flat + torch.arange(b, device=points.device)[:, None] * grid.num_voxels
-    counts = torch.zeros(b * grid.num_voxels, device=points.device, dtype=points.dtype)
-    counts.index_add_(0, flat[inside], torch.ones_like(flat[inside], dtype=points.dtype))
-    return counts.view(b, *grid.shape)
+    # Points outside go to one extra bin that is dropped: a fixed-shape scatter (no boolean
+    # indexing), which exports to ONNX as ScatterElements(add).
+    flat = torch.where(inside, flat, torch.full_like(flat, grid.num_voxels))
+    counts = torch.zeros(points.shape[0], grid.num_voxels + 1, device=points.device, dtype=points.dtype)
+    counts = counts.scatter_add(1, flat, torch.ones_like(flat, dtype=points.dtype))
+    return counts[:, : grid.num_voxels].reshape(-1, *grid.shape)
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -154,7 +154,7 @@ class VoxelTransformer(nn.Module):
     ) -> torch.Tensor:
         """features (B*K, C, h, w) of K cameras; projection (B, K, 3, 4) into images of
         image_hw; proposed (B, X, Y, Z) bool. Returns (B, C, X, Y, Z), a channels-last view."""
-        b, k = projection.shape[:2]
+        b = projection.shape[0]
         feature_hw = tuple(features.shape[2:])
         features = features.flatten(2).transpose(1, 2)  # (B*K, h*w, C) tokens
         n, c = self.queries.shape
@@ -162,11 +162,49 @@ class VoxelTransformer(nn.Module):
         pos = self.positional().unsqueeze(0).expand(b, n, c)
         proposed = proposed.reshape(b, n)
 
-        # Cross-attention on proposed voxels only: gather them (padded to the batch's maximum).
+        x = self.mask_token.view(1, 1, c).expand(b, n, c)
+        if len(self.cross) > 0:
+            x = self._cross_attend_proposed(x, pos, ref, visible, proposed, features, feature_hw)
+        for layer in self.self_attn:
+            x = layer(x, pos, self.ref3d.to(x.dtype), self.grid.shape)
+        if use_icca:
+            for layer in self.icca:
+                x = layer(x, pos, ref, visible, features, feature_hw)
+        # (B, N, C) is the volume in channels-last layout: a view, no copy.
+        return x.view(b, *self.grid.shape, c).permute(0, 4, 1, 2, 3)
+
+    def _cross_attend_proposed(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        ref: torch.Tensor,
+        visible: torch.Tensor,
+        proposed: torch.Tensor,
+        features: torch.Tensor,
+        feature_hw: tuple[int, int],
+    ) -> torch.Tensor:
+        """Cross-attention for the proposed voxels only; the others keep the mask token.
+        x, pos (B, N, C); ref (B, K, N, 2); visible (B, K, N); proposed (B, N) bool."""
+        b, n, c = x.shape
+        if b == 1:
+            # A single frame (the node, the ONNX export): the proposed voxels' indices by nonzero,
+            # no host round trip, so the graph traces and exports with a data-dependent count.
+            idx = proposed[0].nonzero()[:, 0]  # (M,)
+            # One extra query (voxel 0's, written to a spare row that is dropped) keeps the count
+            # at M + 1 >= 1: ONNX Reshape reads a 0 in a target shape as "keep this dimension", so
+            # a frame with no proposed voxel would not run in an exported graph.
+            gather = torch.cat([idx, idx.new_zeros(1)])
+            target = torch.cat([idx, idx.new_full((1,), n)])
+            q = self.queries[gather].unsqueeze(0)  # (1, M + 1, C)
+            for layer in self.cross:
+                q = layer(q, pos[:, gather], ref[:, :, gather], visible[:, :, gather], features, feature_hw)
+            spare = torch.cat([x, x[:, :1]], 1)  # (1, N + 1, C)
+            return spare.scatter(1, target.view(1, -1, 1).expand_as(q), q)[:, :n]
+        # Training batches: the proposed voxels gathered, padded to the batch's maximum.
+        k = ref.shape[1]
         counts = proposed.sum(1)
         m = int(counts.max().item()) if n else 0
-        x = self.mask_token.view(1, 1, c).expand(b, n, c)
-        if m > 0 and len(self.cross) > 0:
+        if m > 0:
             order = torch.argsort((~proposed).to(torch.int8), dim=1, stable=True)[:, :m]  # proposed first
             valid = torch.arange(m, device=proposed.device)[None, :] < counts[:, None]
             q = self.queries[order]  # (B, m, C)
@@ -178,10 +216,4 @@ class VoxelTransformer(nn.Module):
             # Padding rows point at non-proposed voxels: they keep the mask token.
             src = torch.where(valid[..., None], q, self.mask_token.view(1, 1, c).expand(b, m, c))
             x = x.scatter(1, order[..., None].expand(b, m, c), src)
-        for layer in self.self_attn:
-            x = layer(x, pos, self.ref3d.to(x.dtype), self.grid.shape)
-        if use_icca:
-            for layer in self.icca:
-                x = layer(x, pos, ref, visible, features, feature_hw)
-        # (B, N, C) is the volume in channels-last layout: a view, no copy.
-        return x.view(b, *self.grid.shape, c).permute(0, 4, 1, 2, 3)
+        return x

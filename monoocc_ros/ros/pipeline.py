@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
-from monoocc_ros.inference import Predictor, prepare_input
+from monoocc_ros.inference import Predictor
 from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
 from monoocc_ros.ros.visualization import build_markers, build_pointcloud
@@ -50,7 +50,7 @@ def run_frame(
     extrinsic = np.asarray(values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
     t1 = time.perf_counter()
     try:
-        prepared = prepare_input(predictor.cfg, rgb, intrinsics, extrinsic)
+        prepared = predictor.prepare(rgb, intrinsics, extrinsic)
     except ValueError as exc:  # the camera model was rejected by the inference checks
         raise InputError(str(exc)) from exc
     t2 = time.perf_counter()

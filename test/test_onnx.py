@@ -1,0 +1,230 @@
+"""ONNX export and the onnxruntime backend: parity with eager PyTorch on real frames, the exported
+contract, the volume-sampling rewrite the export uses, and clear errors for what cannot run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint
+from monoocc_ros.data.formats import read_calib
+from monoocc_ros.inference import Predictor, onnx_cache_path
+from monoocc_ros.model.config import load_named_config
+from monoocc_ros.model.deformable import weighted_samples, weighted_volume_samples_as_slices
+from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.onnx_export import ExportError, export_onnx
+from monoocc_ros.paths import package_file
+
+SHIPPED = package_file("models/student_tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """The shipped student exported by the command users run."""
+    if not SHIPPED.is_file():
+        pytest.fail(f"{SHIPPED} is missing: it is committed with the repository")
+    out = tmp_path_factory.mktemp("onnx") / "student_tiny.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monoocc_ros.cli", "export", "--checkpoint", str(SHIPPED), "--onnx", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "input  image      (1, 3, 188, 620)" in proc.stdout
+    assert "output logits     (1, 20, 128, 128, 16)" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> list[tuple[np.ndarray, dict]]:
+    """Three frames nobody tuned the export on: the synthetic world with a seed not used in
+    training, at different places along the drive (different numbers of proposed voxels)."""
+    from monoocc_ros.data.synth import synthesize
+
+    root = synthesize(tmp_path_factory.mktemp("synth"), 1, 3, seed=1234)
+    seq = root / "sequences" / "00"
+    calib = read_calib(seq / "calib.txt")
+    return [(np.asarray(Image.open(p).convert("RGB")), calib) for p in sorted((seq / "image_2").glob("*.png"))]
+
+
+def test_exported_file_declares_its_contract(exported):
+    proto = onnx.load(str(exported))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 20
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"GridSample", "NonZero", "ScatterElements"} <= ops  # attention, proposals, voxelisation
+    dims = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*proto.graph.input, *proto.graph.output)
+    }
+    assert dims == {"image": [1, 3, 188, 620], "projection": [1, 3, 4], "logits": [1, 20, 128, 128, 16]}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["monoocc_format"] == "1" and '"name": "student_tiny"' in meta["model_config"]
+
+
+def test_onnxruntime_matches_torch_on_three_frames(exported, frames):
+    """The acceptance check: >= 99.9 % of voxel labels equal, logits within 1e-3.
+
+    Logits are compared value by value: the proposal stage floors pseudo-points into voxels, and
+    depth that differs between the runtimes in the 5th significant digit can move a point across
+    a voxel boundary, flip one voxel's proposal and change the logits around it (seen here on one
+    frame of three: one flipped voxel, 0.31 % of the logits off by more than 1e-3, labels still
+    99.99 % equal). Everything else must agree to 1e-3: the next test checks the continuous path
+    alone with a strict maximum."""
+    torch_pred = Predictor.load(SHIPPED, "torch", "cpu")
+    ort_pred = Predictor.load(exported, "onnxruntime", "cpu")
+    assert ort_pred.describe() == "onnxruntime (CPUExecutionProvider)"
+    proposed_counts, equal, total = set(), 0, 0
+    for rgb, calib in frames:
+        prepared = torch_pred.prepare(rgb, calib["P2"], calib["Tr"])
+        a, b = torch_pred.logits(prepared), ort_pred.logits(prepared)
+        assert a.shape == b.shape == (1, 20, 128, 128, 16)
+        close = float(((a - b).abs() <= 1e-3).float().mean())
+        assert close >= 0.99, f"only {close:.5f} of logits within 1e-3"  # measured: 0.9969 at worst
+        la, _ = torch_pred.postprocess(a)
+        lb, _ = ort_pred.postprocess(b)
+        equal += int((la == lb).sum())
+        total += la.size
+        assert len(np.unique(la)) >= 5, "the frame should produce a real scene, not one class"
+        with torch.inference_mode():
+            img = torch.from_numpy(prepared.image)[None, None]
+            proj = torch.from_numpy(prepared.projection)[None, None]
+            proposed_counts.add(int(torch_pred.backend.model(img, proj)["proposed"].sum()))
+    assert equal / total >= 0.999, f"only {equal / total:.5f} of labels agree"
+    assert len(proposed_counts) == 3, f"frames should propose different numbers of voxels: {proposed_counts}"
+
+
+@pytest.mark.parametrize("proposal_bias", [100.0, -100.0], ids=["all-proposed", "none-proposed"])
+def test_continuous_path_matches_within_1e3(tmp_path, frames, proposal_bias):
+    """With the proposal decision fixed (every voxel, or none: the dynamic count at both ends),
+    nothing is discontinuous and every logit must agree within 1e-3 on every frame."""
+    model, _ = build_model_from_checkpoint(SHIPPED)
+    with torch.no_grad():
+        model.proposal.unet.out.bias.fill_(proposal_bias)
+    ckpt = tmp_path / "fixed_proposals.pt"
+    save_checkpoint(ckpt, model.cfg, model.state_dict())
+    export_onnx(ckpt, tmp_path / "fixed.onnx")
+    torch_pred = Predictor.load(ckpt, "torch", "cpu")
+    ort_pred = Predictor.load(tmp_path / "fixed.onnx", "onnxruntime", "cpu")
+    for rgb, calib in frames:
+        prepared = torch_pred.prepare(rgb, calib["P2"], calib["Tr"])
+        diff = float((torch_pred.logits(prepared) - ort_pred.logits(prepared)).abs().max())
+        assert diff < 1e-3, f"logits differ by up to {diff}"
+
+
+def test_volume_sampling_as_slices_equals_grid_sample():
+    """The export's rewrite of 5-D grid_sample, including points outside the volume on every
+    axis and on slice edges, where neighbouring slices must not leak in."""
+    g = torch.Generator().manual_seed(0)
+    volume = torch.randn(3, 5, 6, 7, 4, generator=g)  # (N, C, D, H, W)
+    grid = torch.rand(3, 50, 4, 3, generator=g) * 2.6 - 1.3  # 15 % outside on each side
+    grid[0, :8, 0] = torch.tensor([[1.0, 0.2, 0.1], [-1.0, 0.0, 0.5], [0.9, 1.0, -1.0], [0.2, -0.3, 1.0],
+                                   [1.2, 0.0, 0.0], [0.0, 0.0, 1.1], [-1.1, 0.5, 0.5], [0.0, 1.2, 0.0]])  # fmt: skip
+    weights = torch.rand(3, 50, 4, generator=g)
+    expected = weighted_samples(volume, grid[:, :, :, None, :], weights)
+    reference = (
+        F.grid_sample(volume, grid[:, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=False)
+        .reshape(3, 5, 50, 4)
+        .mul(weights[:, None])
+        .sum(-1)
+    )
+    torch.testing.assert_close(expected, reference)
+    torch.testing.assert_close(weighted_volume_samples_as_slices(volume, grid, weights), expected, atol=1e-5, rtol=0)
+
+
+def test_onnxruntime_backend_exports_a_checkpoint_once(tmp_path, monkeypatch, frames):
+    monkeypatch.setenv("MONOOCC_CACHE", str(tmp_path / "cache"))
+    first = Predictor.load(SHIPPED, "onnxruntime", "cpu")
+    cached = onnx_cache_path(SHIPPED)
+    assert cached.is_file() and cached.parent == tmp_path / "cache" / "onnx"
+    stamp = cached.stat().st_mtime_ns
+    second = Predictor.load(SHIPPED, "onnxruntime", "cpu")
+    assert cached.stat().st_mtime_ns == stamp  # reused, not exported again
+    rgb, calib = frames[1]
+    la, _ = first.predict(rgb, calib["P2"], calib["Tr"])
+    lb, _ = second.predict(rgb, calib["P2"], calib["Tr"])
+    np.testing.assert_array_equal(la, lb)
+
+
+def test_what_cannot_be_exported_or_run_says_why(tmp_path, exported):
+    teacher = MonoOcc(load_named_config("teacher_tiny"))
+    save_checkpoint(tmp_path / "teacher.pt", teacher.cfg, teacher.state_dict())
+    with pytest.raises(ExportError, match="multi-frame teacher"):
+        export_onnx(tmp_path / "teacher.pt", tmp_path / "teacher.onnx")
+    assert not (tmp_path / "teacher.onnx").exists()
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(exported.read_bytes()[:5000])
+    with pytest.raises(ExportError, match="cannot load ONNX model"):
+        Predictor.load(corrupt, "onnxruntime", "cpu")
+
+    # A valid ONNX file that monoocc did not write: no metadata.
+    x = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1])
+    foreign = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["image"], ["logits"])],
+                                                            "g", [x], [y]))  # fmt: skip
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ExportError, match="not exported by `monoocc export --onnx`"):
+        Predictor.load(tmp_path / "foreign.onnx", "onnxruntime", "cpu")
+
+    with pytest.raises(ValueError, match="use backend 'onnxruntime'"):
+        Predictor.load(exported, "torch", "cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Predictor.load(exported, "tensorrt", "cpu")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Predictor.load(tmp_path / "missing.onnx", "onnxruntime", "cpu")
+    with pytest.raises(ValueError, match="half_precision applies to the torch backend"):
+        Predictor.load(exported, "onnxruntime", "cpu", half_precision=True)
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(RuntimeError, match="no CUDA provider"):
+            Predictor.load(exported, "onnxruntime", "cuda")
+
+
+def test_export_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monoocc_ros.cli",
+            "export",
+            "--checkpoint",
+            str(bad),
+            "--onnx",
+            str(tmp_path / "o.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "cannot be read" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_predict_cli_writes_the_same_labels_on_both_backends(tmp_path, exported, frames):
+    rgb, _ = frames[2]
+    Image.fromarray(rgb).save(tmp_path / "frame.png")
+    outputs = []
+    for backend, model in (("torch", SHIPPED), ("onnxruntime", exported)):
+        out = tmp_path / backend
+        cmd = [sys.executable, "-m", "monoocc_ros.cli", "predict", "--image", str(tmp_path / "frame.png"),
+               "--model", str(model), "--backend", backend, "--device", "cpu", "--out", str(out)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert out.with_suffix(".png").is_file()
+        outputs.append(np.fromfile(out.with_suffix(".label"), dtype=np.uint16))
+    assert outputs[0].size == 256 * 256 * 32
+    assert (outputs[0] == outputs[1]).mean() >= 0.999
+    assert len(np.unique(outputs[0])) >= 5
