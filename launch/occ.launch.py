@@ -25,6 +25,7 @@ def generate_launch_description() -> LaunchDescription:
             description="node parameters (/**: ros__parameters:)",
         ),
         DeclareLaunchArgument("checkpoint", default_value="", description="model checkpoint; empty: shipped model"),
+        DeclareLaunchArgument("backend", default_value="torch", description="torch | onnxruntime"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
         DeclareLaunchArgument("rviz", default_value="false", description="also start rviz2 with config/occ.rviz"),
@@ -38,6 +39,7 @@ def generate_launch_description() -> LaunchDescription:
             LaunchConfiguration("params_file"),
             {
                 "checkpoint": LaunchConfiguration("checkpoint"),
+                "backend": LaunchConfiguration("backend"),
                 "device": LaunchConfiguration("device"),
                 "use_sim_time": LaunchConfiguration("use_sim_time"),
             },

@@ -25,6 +25,7 @@ def test_launch_file_names_only_things_that_exist():
         "camera_info_topic",
         "params_file",
         "checkpoint",
+        "backend",
         "device",
         "use_sim_time",
         "rviz",
@@ -86,6 +87,12 @@ def test_validation_messages():
     text = "; ".join(errs)
     assert "device must be" in text and "16 finite numbers" in text and "sync_slop must be >= 0" in text
     assert "confidence_threshold must be <= 1" in text
+    errs = validate_params({"backend": "tensorrt"}) + validate_params(
+        {"backend": "onnxruntime", "half_precision": True}
+    )
+    errs += validate_params({"backend": "torch", "checkpoint": "models/x.onnx"})
+    assert len(errs) == 3 and "backend must be torch or onnxruntime" in errs[0] and "half_precision" in errs[1]
+    assert "needs backend onnxruntime" in errs[2]
 
 
 def test_node_help_and_bad_parameter_at_startup():

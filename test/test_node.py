@@ -184,4 +184,41 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
     finally:
         h.close()
         log = stop_node(proc)
-    assert "cannot load checkpoint" in log and "nope.pt" in log
+    assert "cannot load" in log and "nope.pt" in log
+
+
+def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_path, monkeypatch):
+    """backend:=onnxruntime with a .pt checkpoint: exported once into the cache, served over DDS
+    with the labels eager torch gives for the same frame; switching `backend` to torch while the
+    node runs reloads the model and it keeps serving."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from monoocc_ros.inference import Predictor
+
+    monkeypatch.setenv("MONOOCC_CACHE", str(tmp_path / "cache"))
+    ns = f"/ort{os.getpid()}"
+    rgb = np.random.default_rng(3).integers(0, 255, (IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+    expected, _ = Predictor.load(checkpoint, "torch", "cpu").predict(rgb, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
+    proc = start_node(checkpoint, ns, ["-p", "backend:=onnxruntime"])
+    h = Harness(ns, visualization=False)
+    try:
+        assert h.wait_for_node(proc, 120), stop_node(proc)
+        h.spin_until(lambda: False, 1.0)
+        for i, stamp in enumerate((8_000_000_000, 8_100_000_000)):
+            if i == 1:
+                client = AsyncParameterClient(h.node, f"{ns}/occupancy_node")
+                assert client.wait_for_services(timeout_sec=30)
+                future = client.set_parameters([Parameter("backend", value="torch")])
+                assert h.spin_until(future.done, 60, proc)
+                assert future.result().results[0].successful
+            h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], IMAGE_WIDTH, IMAGE_HEIGHT, stamp))
+            assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), stop_node(proc)
+            grid = msg_to_grid(h.voxels[i])
+            assert grid.stamp_ns == stamp
+            assert (grid.labels == expected).mean() >= 0.999
+    finally:
+        h.close()
+        log = stop_node(proc)
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx")), "the checkpoint was not exported to the cache"
+    assert "onnxruntime (CPUExecutionProvider)" in log and "torch on cpu" in log, log

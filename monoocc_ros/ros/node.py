@@ -41,8 +41,11 @@ DEFAULT_EXTRINSIC = [float(v) for v in KITTI_CALIB["Tr"].reshape(-1)]
 # The one table of parameters: declared by the node, checked against config/occ.yaml by the
 # tests, and printed in the README and by --help.
 PARAMS: tuple[Param, ...] = (
-    Param("checkpoint", str, "", "Model checkpoint (.pt). Empty: the shipped models/student_tiny.pt. "
-          "Changing it at run time reloads the model.", runtime=True),
+    Param("checkpoint", str, "", "Model checkpoint (.pt), or an ONNX model (.onnx, backend onnxruntime). Empty: "
+          "the shipped models/student_tiny.pt. Changing it at run time reloads the model.", runtime=True),
+    Param("backend", str, "torch", "torch (eager PyTorch) or onnxruntime (CUDA/TensorRT providers when installed, "
+          "else CPU); a .pt checkpoint is exported to ONNX once and cached. Changing it reloads the model.",
+          runtime=True),
     Param("device", str, "auto", "auto (CUDA when available), cuda or cpu. cuda without CUDA is an error."),
     Param("half_precision", bool, False, "fp16 autocast on CUDA (an error on the CPU)."),
     Param("grid_frame", str, "velodyne", "frame_id of the output grid (the frame the extrinsic maps from).",
@@ -71,6 +74,12 @@ PARAM_BY_NAME = {p.name: p for p in PARAMS}
 def validate_params(values: dict[str, Any]) -> list[str]:
     """Problems with a set of parameter values (empty list: all good)."""
     errors = []
+    if "backend" in values and values["backend"] not in ("torch", "onnxruntime"):
+        errors.append(f"backend must be torch or onnxruntime, got {values['backend']!r}")
+    if values.get("backend") == "onnxruntime" and values.get("half_precision"):
+        errors.append("half_precision applies to the torch backend only (the ONNX model runs float32)")
+    if values.get("backend") == "torch" and str(values.get("checkpoint", "")).endswith(".onnx"):
+        errors.append("a .onnx checkpoint needs backend onnxruntime")
     if (
         "device" in values
         and values["device"] not in ("auto", "cpu", "cuda")
@@ -148,7 +157,7 @@ def _make_node_class():
 
             self.predictor = None
             self.model_error = ""
-            self._load_model(values["checkpoint"])
+            self._load_model(values["checkpoint"], values["backend"])
 
             depth = values["queue_depth"]
             self.pairer = StampPairer(values["sync_slop"], queue_size=depth)
@@ -184,22 +193,22 @@ def _make_node_class():
             self._worker.start()
             self.get_logger().info(
                 f"ready: model {self.predictor.cfg.name if self.predictor else 'NOT LOADED'} on "
-                f"{self.predictor.device if self.predictor else '-'}; waiting for images"
+                f"{self.predictor.describe() if self.predictor else '-'}; waiting for images"
             )
 
         # --- parameters and model -----------------------------------------------------
-        def _load_model(self, checkpoint: str) -> bool:
+        def _load_model(self, checkpoint: str, backend: str) -> bool:
             from monoocc_ros.inference import Predictor
 
             path = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
             try:
-                self.predictor = Predictor.from_checkpoint(path, self.values["device"], self.values["half_precision"])
+                self.predictor = Predictor.load(path, backend, self.values["device"], self.values["half_precision"])
                 self.model_error = ""
-                self.get_logger().info(f"loaded {path} ({self.predictor.cfg.name})")
+                self.get_logger().info(f"loaded {path} ({self.predictor.cfg.name}) on {self.predictor.describe()}")
                 return True
             except Exception as exc:  # reported, not hidden: diagnostics say ERROR until fixed
                 self.predictor = None
-                self.model_error = f"cannot load checkpoint {path}: {exc}"
+                self.model_error = f"cannot load {path} on backend {backend}: {exc}"
                 self.get_logger().error(self.model_error)
                 return False
 
@@ -215,11 +224,11 @@ def _make_node_class():
             errors = validate_params(new)
             if errors:
                 return SetParametersResult(successful=False, reason="; ".join(errors))
-            old_ckpt = self.values["checkpoint"]
+            old = (self.values["checkpoint"], self.values["backend"])
             self.values = new
             self.pairer.set_slop(new["sync_slop"])
-            if new["checkpoint"] != old_ckpt:
-                self._load_model(new["checkpoint"])
+            if (new["checkpoint"], new["backend"]) != old:
+                self._load_model(new["checkpoint"], new["backend"])
             return SetParametersResult(successful=True)
 
         # --- inputs ---------------------------------------------------------------------
