@@ -100,8 +100,16 @@ def _build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--results", default="docs/results.md")
     abl.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
 
-    bench = sub.add_parser("bench", help="run a benchmark and print a table")
-    bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    bench = sub.add_parser(
+        "bench", help="benchmarks; without WHAT: the torch vs onnxruntime report (latency, memory, stages, node rate)"
+    )
+    bench_sub = bench.add_subparsers(dest="what", metavar="WHAT")
+    bback = bench_sub.add_parser("backends", help="the default report: torch vs onnxruntime side by side")
+    for b in (bench, bback):
+        b.add_argument("--checkpoint", help="default: models/student_tiny.pt")
+        b.add_argument("--frames", type=int, default=20, help="timed frames per backend (default 20)")
+        b.add_argument("--e2e-frames", type=int, default=20, help="frames for the node's end-to-end rate")
+        b.add_argument("--json", help="also write the figures to this JSON file")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
     bmsg.add_argument("--json", help="also write the figures to this JSON file")
     bmodel = bench_sub.add_parser("model", help="parameters, forward latency and peak memory per model config")
@@ -110,6 +118,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
     bmodel.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
     bmodel.add_argument("--json", help="also write the figures to this JSON file")
+    bsoak = bench_sub.add_parser("soak", help="a long replay through the node: memory growth and drops")
+    bsoak.add_argument("--checkpoint", help="default: models/student_tiny.pt")
+    bsoak.add_argument("--frames", type=int, default=1000)
+    bsoak.add_argument("--rate", type=float, default=0.0, help="Hz; 0: lock step (next frame on each grid)")
+    bsoak.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    bsoak.add_argument("--json", help="also write the figures to this JSON file")
     bnode = bench_sub.add_parser("node", help="per-stage latency and end-to-end rate of the occupancy node")
     bnode.add_argument("--checkpoint", help="default: models/student_tiny.pt (untrained student_tiny if absent)")
     bnode.add_argument("--frames", type=int, default=20)
@@ -191,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.bag.cli import run
 
         return run(args)
+    if args.command == "bench" and args.what in (None, "backends"):
+        from monoocc_ros.benchmarks import backends
+
+        return backends.run(args.checkpoint, args.frames, args.e2e_frames, args.json)
+    if args.command == "bench" and args.what == "soak":
+        from monoocc_ros.benchmarks import soak
+
+        return soak.main(args.checkpoint, args.frames, args.rate, args.backend, args.json)
     if args.command == "bench" and args.what == "msg":
         from monoocc_ros.benchmarks import msg
 

@@ -107,12 +107,12 @@ def main(checkpoint: str | None = None, frames: int = 20, e2e_frames: int = 20) 
     return 0
 
 
-def _end_to_end(ckpt: Path, rgb: np.ndarray, n: int) -> float:
+def _end_to_end(ckpt: Path, rgb: np.ndarray, n: int, extra: list[str] | None = None) -> float:
     from monoocc_ros.geometry import KITTI_CALIB
     from monoocc_ros.ros.harness import Harness, camera_info_msg, image_msg, start_node, stop_node
 
     ns = f"/bench{os.getpid()}"
-    proc = start_node(ckpt, ns)
+    proc = start_node(ckpt, ns, extra)
     h = Harness(ns, visualization=False)
     try:
         if not h.wait_for_node(proc, 60):

@@ -1,0 +1,319 @@
+"""`monoocc bench` (also `monoocc bench backends`): eager torch vs ONNX Runtime in one report.
+
+Both backends run in this one process on the same frames (synthetic frames of a world seed not
+used for training), interleaved frame by frame and alternating which backend goes first, so that
+neither gets a quieter machine. Reported per backend:
+
+- network latency (median, p90) of `Predictor.logits`, and the torch/onnxruntime ratio;
+- peak extra memory during a forward pass: resident set size sampled every millisecond by a
+  thread, minus the RSS before the call (CPU); `torch.cuda.max_memory_allocated` on CUDA;
+- per stage (backbone, depth, query proposal, cross-attention, self-attention, ICCA, rest of the
+  transformer, head): torch by forward hooks (wall time), ONNX Runtime by its own profiler
+  (kernel time of the nodes under each module's name scope; fused nodes that lost their scope
+  are listed as "fused, unscoped");
+- parity on those frames (labels equal, logits within 1e-3, largest difference);
+- the node's end-to-end rate over DDS with each backend (the node as its own process, the next
+  frame sent when the previous grid arrives).
+
+On a machine with CUDA, torch runs on CUDA in fp32 and fp16 as well, and ONNX Runtime on its
+CUDA provider when installed. Writes a markdown report to stdout and, with --json, the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from monoocc_ros.benchmarks.report import markdown_table
+
+STAGES = ("backbone", "depth", "proposal", "cross", "self_attn", "icca", "head")
+STAGE_NAMES = {
+    "backbone": "backbone + FPN",
+    "depth": "depth head",
+    "proposal": "query proposal (lift, voxelise, U-Net)",
+    "cross": "cross-attention (proposed voxels)",
+    "self_attn": "self-attention (3D)",
+    "icca": "ICCA",
+    "transformer": "transformer, rest (reference points, gather/scatter)",
+    "head": "occupancy head",
+    "other": "fused, unscoped (ONNX Runtime)",
+}
+
+
+class PeakRSS:
+    """Highest resident set size while the context is open, sampled every `period` s."""
+
+    def __init__(self, period: float = 0.001) -> None:
+        self.period, self.peak, self._stop = period, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.period)
+
+    def __enter__(self) -> PeakRSS:
+        self.before = self._rss()
+        self.peak = self.before
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.before) / 2**20
+
+
+def _frames(n: int) -> list[tuple[np.ndarray, dict]]:
+    from PIL import Image
+
+    from monoocc_ros.data.formats import read_calib
+    from monoocc_ros.data.synth import synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seq = synthesize(tmp, 1, n, seed=2024) / "sequences" / "00"
+        calib = read_calib(seq / "calib.txt")
+        return [(np.asarray(Image.open(p).convert("RGB")), calib) for p in sorted((seq / "image_2").glob("*.png"))]
+
+
+def _torch_stage_times(predictor, prepared, runs: int) -> dict[str, float]:
+    """Median wall time per stage (ms) from forward hooks."""
+    import torch
+
+    model = predictor.backend.model
+    modules = {
+        "backbone": [model.backbone],
+        "depth": [model.depth],
+        "proposal": [model.proposal],
+        "cross": list(model.transformer.cross),
+        "self_attn": list(model.transformer.self_attn),
+        "icca": list(model.transformer.icca),
+        "head": [model.head],
+        "transformer": [model.transformer],
+    }
+    cuda = predictor.device.type == "cuda"
+    samples: dict[str, list[float]] = defaultdict(list)
+    current: dict[str, float] = defaultdict(float)
+    starts: dict[int, float] = {}
+    handles = []
+    for stage, mods in modules.items():
+        for m in mods:
+
+            def pre(mod, _args):
+                if cuda:
+                    torch.cuda.synchronize()
+                starts[id(mod)] = time.perf_counter()
+
+            def post(mod, _args, _out, stage=stage):
+                if cuda:
+                    torch.cuda.synchronize()
+                current[stage] += (time.perf_counter() - starts[id(mod)]) * 1e3
+
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        for _ in range(runs):
+            current.clear()
+            predictor.logits(prepared)
+            inner = sum(current[s] for s in ("cross", "self_attn", "icca"))
+            current["transformer"] -= inner
+            for stage in (*STAGES, "transformer"):
+                samples[stage].append(current[stage])
+    finally:
+        for h in handles:
+            h.remove()
+    return {s: statistics.median(v) for s, v in samples.items()}
+
+
+def _ort_stage_times(onnx_path: Path, providers: list[str], prepared, runs: int) -> dict[str, float]:
+    """Kernel time per stage (ms per frame) from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort_profile")
+        session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        feed = {"image": prepared.image[None], "projection": prepared.projection[None]}
+        session.run(None, feed)  # warm-up, excluded below by counting runs
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        totals[_scope(e["name"])] += e["dur"] / 1e3
+    return {k: v / (runs + 1) for k, v in totals.items()}
+
+
+def _scope(node_name: str) -> str:
+    parts = node_name.split("/")
+    if len(parts) < 3:
+        return "other"
+    top = parts[1]
+    if top == "transformer":
+        sub = parts[2].split(".")[0] if len(parts) > 3 else ""
+        return sub if sub in ("cross", "self_attn", "icca") else "transformer"
+    return top if top in STAGES else "other"
+
+
+def _parity(a, b) -> tuple[float, float, float]:
+    la, lb = a[0].argmax(0), b[0].argmax(0)
+    d = (a - b).abs()
+    return float((la == lb).float().mean()), float((d <= 1e-3).float().mean()), float(d.max())
+
+
+def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | None) -> int:
+    import torch
+
+    from monoocc_ros.benchmarks.node import _checkpoint, _end_to_end
+    from monoocc_ros.inference import Predictor
+    from monoocc_ros.onnx_export import export_onnx
+    from monoocc_ros.paths import use_local_dds
+
+    use_local_dds()
+    ckpt, label = _checkpoint(checkpoint)
+    print(f"benchmark: {label}; {frames} synthetic frames; {os.cpu_count()} CPU cores", flush=True)
+    data = _frames(frames)
+    tmp = tempfile.TemporaryDirectory()
+    onnx_path = Path(tmp.name) / "model.onnx"
+    report = export_onnx(ckpt, onnx_path)
+    print(f"exported to ONNX in {report.seconds:.1f} s", flush=True)
+
+    backends = {
+        "torch cpu": Predictor.load(ckpt, "torch", "cpu"),
+        "onnxruntime cpu": Predictor.from_onnx(onnx_path, "cpu"),
+    }
+    if torch.cuda.is_available():
+        backends["torch cuda"] = Predictor.load(ckpt, "torch", "cuda")
+        backends["torch cuda fp16"] = Predictor.load(ckpt, "torch", "cuda", half_precision=True)
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            backends["onnxruntime cuda"] = Predictor.from_onnx(onnx_path, "cuda")
+    names = list(backends)
+    prepared = [backends["torch cpu"].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
+
+    def timed(name: str, prep) -> tuple[float, float, object]:
+        pred = backends[name]
+        cuda = "cuda" in name
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            out = pred.logits(prep)
+            if cuda:
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) * 1e3
+        mem = torch.cuda.max_memory_allocated() / 2**20 if cuda and name.startswith("torch") else rss.extra_mib
+        return dt, mem, out
+
+    for name in names:  # warm-up: first-call allocations, ORT's arena, cuDNN autotuning
+        for prep in prepared[:2]:
+            timed(name, prep)
+    times: dict[str, list[float]] = defaultdict(list)
+    mems: dict[str, list[float]] = defaultdict(list)
+    parity = []
+    from tqdm import tqdm
+
+    for i, prep in enumerate(tqdm(prepared, desc="frames", unit="frame")):
+        order = names if i % 2 == 0 else names[::-1]
+        outs = {}
+        for name in order:
+            dt, mem, out = timed(name, prep)
+            times[name].append(dt)
+            mems[name].append(mem)
+            outs[name] = out.float().cpu()
+        parity.append(_parity(outs["torch cpu"], outs["onnxruntime cpu"]))
+
+    stage_runs = max(3, min(10, frames // 2))
+    stages = {}
+    for name, pred in backends.items():
+        if pred.backend.name == "torch":
+            stages[name] = _torch_stage_times(pred, prepared[0], stage_runs)
+        else:
+            stages[name] = _ort_stage_times(onnx_path, pred.backend.providers, prepared[0], stage_runs)
+
+    print("measuring the node's end-to-end rate per backend...", flush=True)
+    rgb = data[0][0]
+    e2e = {}
+    for backend in ("torch", "onnxruntime"):
+        extra = ["-p", f"backend:={backend}"]
+        model = ckpt if backend == "torch" else onnx_path
+        e2e[backend] = _end_to_end(Path(model), rgb, e2e_frames, extra)
+
+    base = statistics.median(times["torch cpu"])
+    rows = []
+    for name in names:
+        med = statistics.median(times[name])
+        rows.append([name, len(times[name]), med, float(np.percentile(times[name], 90)), 1000.0 / med,
+                     base / med, max(mems[name])])  # fmt: skip
+    print(f"\n## Network latency, {label}, input {report.image_size[1]}x{report.image_size[0]}\n")
+    print(markdown_table(["backend", "frames", "median ms", "p90 ms", "frames/s", "speed-up vs torch cpu",
+                          "peak extra MiB"], rows))  # fmt: skip
+    print("\n## Per stage (median ms per frame; torch: wall time by hooks, onnxruntime: kernel time)\n")
+    keys = [*STAGES[:6], "transformer", "head", "other"]
+    srows = [[STAGE_NAMES[k], *[stages[n].get(k, 0.0) for n in names]] for k in keys]
+    srows.append(["sum", *[sum(stages[n].values()) for n in names]])
+    print(markdown_table(["stage", *names], srows))
+    labels_equal = float(np.mean([p[0] for p in parity]))
+    logits_close = float(np.mean([p[1] for p in parity]))
+    worst = float(max(p[2] for p in parity))
+    print(f"\n## Parity (onnxruntime cpu vs torch cpu, {len(parity)} frames)\n")
+    print(markdown_table(["labels equal", "logits within 1e-3", "largest logit difference",
+                          "frames with every logit within 1e-3"],
+                         [[f"{100 * labels_equal:.3f} %", f"{100 * logits_close:.3f} %", f"{worst:.2e}",
+                           f"{sum(p[2] <= 1e-3 for p in parity)}/{len(parity)}"]]))  # fmt: skip
+    print(f"\n## Node end to end over DDS ({e2e_frames} frames, CPU)\n")
+    print(markdown_table(["backend", "frames/s"], [[k, v] for k, v in e2e.items()]))
+    ratio = base / statistics.median(times["onnxruntime cpu"])
+    print(f"\nonnxruntime cpu is {ratio:.2f}x the speed of eager torch cpu (goal: 1.5x)")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if json_out:
+        Path(json_out).write_text(
+            json.dumps(
+                {
+                    "checkpoint": label,
+                    "cpu_cores": os.cpu_count(),
+                    "input_hw": list(report.image_size),
+                    "latency": {
+                        n: {
+                            "median_ms": statistics.median(times[n]),
+                            "p90_ms": float(np.percentile(times[n], 90)),
+                            "peak_extra_MiB": max(mems[n]),
+                            "samples_ms": times[n],
+                        }
+                        for n in names
+                    },
+                    "stages_ms": stages,
+                    "parity": {"labels_equal": labels_equal, "logits_within_1e-3": logits_close, "max_abs": worst},
+                    "node_end_to_end_hz": e2e,
+                    "onnxruntime_speedup_cpu": ratio,
+                    "process_max_rss_MiB": peak_rss,
+                },
+                indent=2,
+            )
+        )
+    tmp.cleanup()
+    return 0
