@@ -137,7 +137,9 @@ def test_volume_sampling_as_slices_equals_grid_sample():
         .sum(-1)
     )
     torch.testing.assert_close(expected, reference)
-    torch.testing.assert_close(weighted_volume_samples_as_slices(volume, grid, weights), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        weighted_volume_samples_as_slices(volume, (grid + 1) / 2, weights), expected, atol=1e-5, rtol=0
+    )
 
 
 def test_onnxruntime_backend_exports_a_checkpoint_once(tmp_path, monkeypatch, frames):

@@ -92,15 +92,15 @@ class DeformableAttention(nn.Module):
         h, p = self.heads, self.points
         offsets = self.sampling_offsets(q).view(b, m, h, p, self.ndim)
         weights = self.attention_weights(q).view(b, m, h, p).softmax(-1)
-        loc = reference[:, :, None, None, :] + offsets / size
-        grid = (2.0 * loc - 1.0).permute(0, 2, 1, 3, 4).reshape(b * h, m, p, self.ndim)
+        loc = reference[:, :, None, None, :] + offsets / size  # in [0, 1] inside the map
+        loc = loc.permute(0, 2, 1, 3, 4).reshape(b * h, m, p, self.ndim)
         w = weights.permute(0, 2, 1, 3).reshape(b * h, m, p)
         if self.ndim == 2:
-            out = weighted_samples(v, grid, w)
+            out = weighted_samples(v, 2.0 * loc - 1.0, w)
         elif torch.onnx.is_in_onnx_export():
-            out = weighted_volume_samples_as_slices(v, grid, w)
+            out = weighted_volume_samples_as_slices(v, loc, w)
         else:
-            out = weighted_samples(v, grid[:, :, :, None, :], w)  # (B*h, m, p, 1, 3): a 5-D grid
+            out = weighted_samples(v, (2.0 * loc - 1.0)[:, :, :, None, :], w)  # (B*h, m, p, 1, 3): a 5-D grid
         return out.reshape(b, c, m).transpose(1, 2)
 
 
@@ -114,8 +114,9 @@ def weighted_samples(value: torch.Tensor, grid: torch.Tensor, weights: torch.Ten
     return (sampled.reshape(n, c, *weights.shape[1:]) * weights[:, None]).sum(-1)
 
 
-def weighted_volume_samples_as_slices(volume: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The same as `weighted_samples` for a volume (N, C, D, H, W) and grid (N, m, p, 3), computed
+def weighted_volume_samples_as_slices(volume: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The same as `weighted_samples` for a volume (N, C, D, H, W) at `loc` (N, m, p, 3) given in
+    [0, 1] (pixel-edge convention, grid_sample order: W, H, D; grid = 2 * loc - 1), computed
     as two bilinear samples of a 2-D image: trilinear = linear along D between two bilinear
     samples of the neighbouring D slices. The slices lie side by side, each padded with one zero
     column on both sides so that bilinear sampling at a slice's edge sees zeros (grid_sample's
@@ -127,9 +128,9 @@ def weighted_volume_samples_as_slices(volume: torch.Tensor, grid: torch.Tensor, 
     """
     n, c, d, h, w = volume.shape
     wide = F.pad(volume, (1, 1)).permute(0, 1, 3, 2, 4).reshape(n, c, h, d * (w + 2))
-    gx, gy, gz = grid.unbind(-1)
-    px = ((gx + 1) * w - 1) / 2  # pixel coordinates, align_corners=False
-    pd = ((gz + 1) * d - 1) / 2
+    lx, ly, lz = loc.unbind(-1)
+    px = lx * w - 0.5  # pixel coordinates (align_corners=False)
+    pd = lz * d - 0.5
     d0 = torch.floor(pd)
     fd = pd - d0
     inside_x = (px > -1) & (px < w)
@@ -137,6 +138,6 @@ def weighted_volume_samples_as_slices(volume: torch.Tensor, grid: torch.Tensor, 
     for slice_index, slice_weight in ((d0, 1 - fd), (d0 + 1, fd)):
         ok = inside_x & (slice_index >= 0) & (slice_index <= d - 1)
         col = slice_index.clamp(0, d - 1) * (w + 2) + 1 + px
-        columns.append(torch.stack([(2 * col + 1) / (d * (w + 2)) - 1, gy], -1))
+        columns.append(torch.stack([(2 * col + 1) / (d * (w + 2)) - 1, 2 * ly - 1], -1))
         slice_weights.append(weights * slice_weight * ok.to(weights.dtype))
     return weighted_samples(wide, torch.cat(columns, 2), torch.cat(slice_weights, 2))
