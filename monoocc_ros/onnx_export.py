@@ -11,7 +11,8 @@ Shapes are static: `prepare_input` always produces the network input size, and f
 ONNX Runtime fold every shape computation. The one data-dependent size inside, the number of
 proposed voxels, stays dynamic (NonZero). Opset 20 is the first with GridSample on 5-D inputs,
 which the 3-D deformable self-attention needs. Export uses torch's TorchScript-based exporter
-(`dynamo=False`), which needs no extra package.
+(`dynamo=False`), which needs no extra package; torch marks it deprecated in favour of the
+dynamo exporter (torch.export + onnxscript), the path to take when a torch upgrade removes it.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def export_onnx(
         # The tracer warns about Python values it records as constants (shapes of this static graph).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        # torch 2.9+ marks the TorchScript-based exporter deprecated in favour of the dynamo one,
+        # which needs onnxscript (not a dependency here); see the module docstring.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             graph,
             (image, projection),

@@ -230,3 +230,23 @@ def test_predict_cli_writes_the_same_labels_on_both_backends(tmp_path, exported,
     assert outputs[0].size == 256 * 256 * 32
     assert (outputs[0] == outputs[1]).mean() >= 0.999
     assert len(np.unique(outputs[0])) >= 5
+
+
+def test_export_at_another_image_size(tmp_path, frames):
+    """--image-size: the file says its input size, the backend prepares images to it, and the
+    result is what the torch model gives on the same prepared input."""
+    export_onnx(SHIPPED, tmp_path / "wide.onnx", (160, 704))
+    ort_pred = Predictor.from_onnx(tmp_path / "wide.onnx", "cpu")
+    assert ort_pred.input_size == (160, 704)
+    rgb, calib = frames[0]
+    prepared = ort_pred.prepare(rgb, calib["P2"], calib["Tr"])
+    assert prepared.image.shape == (3, 160, 704)
+    torch_pred = Predictor.load(SHIPPED, "torch", "cpu")
+    with torch.inference_mode():
+        expected = torch_pred.backend.model.occupancy_logits(
+            torch.from_numpy(prepared.image)[None, None], torch.from_numpy(prepared.projection)[None, None]
+        )
+    got = ort_pred.logits(prepared)
+    assert float((expected.argmax(1) == got.argmax(1)).float().mean()) >= 0.999
+    with pytest.raises(ExportError, match="too small"):
+        export_onnx(SHIPPED, tmp_path / "tiny.onnx", (16, 64))
