@@ -129,6 +129,7 @@ def export_onnx(
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         # torch 2.9+ marks the TorchScript-based exporter deprecated in favour of the dynamo one,
         # which needs onnxscript (not a dependency here); see the module docstring.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             graph,
