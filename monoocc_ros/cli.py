@@ -105,11 +105,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(dest="what", metavar="WHAT")
     bback = bench_sub.add_parser("backends", help="the default report: torch vs onnxruntime side by side")
-    for b in (bench, bback):
-        b.add_argument("--checkpoint", help="default: models/student_tiny.pt")
-        b.add_argument("--frames", type=int, default=20, help="timed frames per backend (default 20)")
-        b.add_argument("--e2e-frames", type=int, default=20, help="frames for the node's end-to-end rate")
-        b.add_argument("--json", help="also write the figures to this JSON file")
+    for b, defaults in ((bench, (None, 20, 20, None)), (bback, (argparse.SUPPRESS,) * 4)):
+        # The subcommand's copies must not overwrite what was given before its name: SUPPRESS.
+        b.add_argument("--checkpoint", default=defaults[0], help="default: models/student_tiny.pt")
+        b.add_argument("--frames", type=int, default=defaults[1], help="timed frames per backend (default 20)")
+        b.add_argument("--e2e-frames", type=int, default=defaults[2], help="frames for the node's end-to-end rate")
+        b.add_argument("--json", default=defaults[3], help="also write the figures to this JSON file")
     bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
     bmsg.add_argument("--json", help="also write the figures to this JSON file")
     bmodel = bench_sub.add_parser("model", help="parameters, forward latency and peak memory per model config")
