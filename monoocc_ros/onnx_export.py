@@ -112,7 +112,8 @@ def export_onnx(
         raise ExportError(f"image size {h}x{w} is too small (at least 32x32)")
     model.eval()
     graph = OccupancyGraph(model)
-    # A real camera and image size for tracing, so that the traced run proposes voxels.
+    # A real camera at the export size for tracing (how many voxels the traced run proposes does
+    # not matter: the count stays dynamic in the graph; tested with none and with all).
     prepared = prepare_input(
         cfg, np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), np.uint8), KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (h, w)
     )
@@ -122,7 +123,17 @@ def export_onnx(
         logits = graph(image, projection)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two nodes filling the cache at once do not collide
+    try:
+        _trace_to_file(graph, image, projection, tmp)
+        _write_metadata(tmp, cfg, (h, w), checkpoint)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind
+    return ExportReport(out, cfg, (h, w), tuple(logits.shape), OPSET, time.perf_counter() - start, out.stat().st_size)
+
+
+def _trace_to_file(graph: nn.Module, image: torch.Tensor, projection: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about Python values it records as constants (shapes of this static graph).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -134,16 +145,13 @@ def export_onnx(
         torch.onnx.export(
             graph,
             (image, projection),
-            str(tmp),
+            str(path),
             input_names=list(INPUTS),
             output_names=list(OUTPUTS),
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
         )
-    _write_metadata(tmp, cfg, (h, w), checkpoint)
-    os.replace(tmp, out)
-    return ExportReport(out, cfg, (h, w), tuple(logits.shape), OPSET, time.perf_counter() - start, out.stat().st_size)
 
 
 def _write_metadata(path: Path, cfg: ModelConfig, image_size: tuple[int, int], checkpoint: str | os.PathLike) -> None:

@@ -231,3 +231,17 @@ def test_batched_and_single_frame_cross_attention_agree():
     with torch.no_grad():
         none = t(features[:1], projection[:1], (188, 620), torch.zeros_like(proposed[:1]))
         assert torch.isfinite(none).all()
+
+
+def test_closed_form_inverse_and_fixed_shape_voxelisation():
+    """The export-friendly replacements of linalg.solve and boolean-mask index_add."""
+    from monoocc_ros.geometry import GridSpec
+    from monoocc_ros.model.proposal import inverse_3x3, voxelize_points
+
+    m = torch.randn(5, 3, 3, dtype=torch.float64) + 3 * torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(inverse_3x3(m) @ m, torch.eye(3, dtype=torch.float64).expand(5, 3, 3))
+    grid = GridSpec(shape=(4, 4, 2), resolution=1.0, origin=(0.0, -2.0, -1.0))
+    pts = torch.tensor([[[0.5, -1.5, -0.5], [0.9, -1.1, -0.1], [3.5, 1.5, 0.5], [4.0, 0.0, 0.0], [-0.1, 0, 0]]])
+    counts = voxelize_points(pts, grid)
+    assert counts.shape == (1, 4, 4, 2) and counts.sum() == 3  # two outside points are dropped
+    assert counts[0, 0, 0, 0] == 2 and counts[0, 3, 3, 1] == 1
