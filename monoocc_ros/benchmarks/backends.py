@@ -5,8 +5,10 @@ used for training), interleaved frame by frame and alternating which backend goe
 neither gets a quieter machine. Reported per backend:
 
 - network latency (median, p90) of `Predictor.logits`, and the torch/onnxruntime ratio;
-- peak extra memory during a forward pass: resident set size sampled every millisecond by a
-  thread, minus the RSS before the call (CPU); `torch.cuda.max_memory_allocated` on CUDA;
+- memory: the resident set size each backend adds when loaded and warmed up, and the peak
+  extra during a forward pass (RSS sampled every millisecond by a thread, minus the RSS before
+  the call; ONNX Runtime keeps its arena between runs, so its per-frame peak is small);
+  `torch.cuda.max_memory_allocated` for torch on CUDA;
 - per stage (backbone, depth, query proposal, cross-attention, self-attention, ICCA, rest of the
   transformer, head): torch by forward hooks (wall time), ONNX Runtime by its own profiler
   (kernel time of the nodes under each module's name scope; fused nodes that lost their scope
@@ -56,17 +58,17 @@ class PeakRSS:
         self.period, self.peak, self._stop = period, 0, threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
 
-    def _rss(self) -> int:
+    def rss(self) -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self._page
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, self.rss())
             time.sleep(self.period)
 
     def __enter__(self) -> PeakRSS:
-        self.before = self._rss()
+        self.before = self.rss()
         self.peak = self.before
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -75,7 +77,7 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, self.rss())
 
     @property
     def extra_mib(self) -> float:
@@ -200,19 +202,20 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
     report = export_onnx(ckpt, onnx_path)
     print(f"exported to ONNX in {report.seconds:.1f} s", flush=True)
 
-    backends = {
-        "torch cpu": Predictor.load(ckpt, "torch", "cpu"),
-        "onnxruntime cpu": Predictor.from_onnx(onnx_path, "cpu"),
+    loaders = {
+        "torch cpu": lambda: Predictor.load(ckpt, "torch", "cpu"),
+        "onnxruntime cpu": lambda: Predictor.from_onnx(onnx_path, "cpu"),
     }
     if torch.cuda.is_available():
-        backends["torch cuda"] = Predictor.load(ckpt, "torch", "cuda")
-        backends["torch cuda fp16"] = Predictor.load(ckpt, "torch", "cuda", half_precision=True)
+        loaders["torch cuda"] = lambda: Predictor.load(ckpt, "torch", "cuda")
+        loaders["torch cuda fp16"] = lambda: Predictor.load(ckpt, "torch", "cuda", half_precision=True)
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            backends["onnxruntime cuda"] = Predictor.from_onnx(onnx_path, "cuda")
-    names = list(backends)
-    prepared = [backends["torch cpu"].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
+            loaders["onnxruntime cuda"] = lambda: Predictor.from_onnx(onnx_path, "cuda")
+    names = list(loaders)
+    backends: dict = {}
+    prepared: list = []
 
     def timed(name: str, prep) -> tuple[float, float, object]:
         pred = backends[name]
@@ -229,9 +232,17 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
         mem = torch.cuda.max_memory_allocated() / 2**20 if cuda and name.startswith("torch") else rss.extra_mib
         return dt, mem, out
 
-    for name in names:  # warm-up: first-call allocations, ORT's arena, cuDNN autotuning
+    # Load and warm up one backend at a time (first-call allocations, ORT's arena, cuDNN
+    # autotuning), so that the resident memory each one adds can be told apart.
+    resident = {}
+    for name in names:
+        before = PeakRSS().rss()
+        backends[name] = loaders[name]()
+        if not prepared:
+            prepared = [backends[name].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
         for prep in prepared[:2]:
             timed(name, prep)
+        resident[name] = (PeakRSS().rss() - before) / 2**20
     times: dict[str, list[float]] = defaultdict(list)
     mems: dict[str, list[float]] = defaultdict(list)
     parity = []
@@ -268,10 +279,10 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
     for name in names:
         med = statistics.median(times[name])
         rows.append([name, len(times[name]), med, float(np.percentile(times[name], 90)), 1000.0 / med,
-                     base / med, max(mems[name])])  # fmt: skip
+                     base / med, resident[name], max(mems[name])])  # fmt: skip
     print(f"\n## Network latency, {label}, input {report.image_size[1]}x{report.image_size[0]}\n")
     print(markdown_table(["backend", "frames", "median ms", "p90 ms", "frames/s", "speed-up vs torch cpu",
-                          "peak extra MiB"], rows))  # fmt: skip
+                          "RSS added by load + warm-up MiB", "peak extra per frame MiB"], rows))  # fmt: skip
     print("\n## Per stage (median ms per frame; torch: wall time by hooks, onnxruntime: kernel time)\n")
     keys = [*STAGES[:6], "transformer", "head", "other"]
     srows = [[STAGE_NAMES[k], *[stages[n].get(k, 0.0) for n in names]] for k in keys]
@@ -302,6 +313,7 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
                             "median_ms": statistics.median(times[n]),
                             "p90_ms": float(np.percentile(times[n], 90)),
                             "peak_extra_MiB": max(mems[n]),
+                            "resident_MiB": resident[n],
                             "samples_ms": times[n],
                         }
                         for n in names
