@@ -23,6 +23,8 @@ CUDA provider when installed. Writes a markdown report to stdout and, with --jso
 
 from __future__ import annotations
 
+import bisect
+import gc
 import json
 import os
 import resource
@@ -51,24 +53,25 @@ STAGE_NAMES = {
 }
 
 
+def resident_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class PeakRSS:
     """Highest resident set size while the context is open, sampled every `period` s."""
 
     def __init__(self, period: float = 0.001) -> None:
         self.period, self.peak, self._stop = period, 0, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
+            self.peak = max(self.peak, resident_bytes())
             time.sleep(self.period)
 
     def __enter__(self) -> PeakRSS:
-        self.before = self.rss()
+        self.before = resident_bytes()
         self.peak = self.before
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -77,7 +80,7 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.rss())
+        self.peak = max(self.peak, resident_bytes())
 
     @property
     def extra_mib(self) -> float:
@@ -144,8 +147,9 @@ def _torch_stage_times(predictor, prepared, runs: int) -> dict[str, float]:
     return {s: statistics.median(v) for s, v in samples.items()}
 
 
-def _ort_stage_times(onnx_path: Path, providers: list[str], prepared, runs: int) -> dict[str, float]:
-    """Kernel time per stage (ms per frame) from ONNX Runtime's profiler."""
+def _ort_stage_times(onnx_path: Path, providers: list, prepared, runs: int) -> dict[str, float]:
+    """Median kernel time per stage (ms per frame) from ONNX Runtime's profiler; node events are
+    assigned to the run whose `model_run` interval holds them, and the warm-up run is dropped."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -156,16 +160,18 @@ def _ort_stage_times(onnx_path: Path, providers: list[str], prepared, runs: int)
         options.profile_file_prefix = str(Path(tmp) / "ort_profile")
         session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         feed = {"image": prepared.image[None], "projection": prepared.projection[None]}
-        session.run(None, feed)  # warm-up, excluded below by counting runs
-        for _ in range(runs):
+        for _ in range(runs + 1):  # the first is the warm-up
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = defaultdict(float)
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    per_run: list[dict[str, float]] = [defaultdict(float) for _ in starts]
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
-        totals[_scope(e["name"])] += e["dur"] / 1e3
-    return {k: v / (runs + 1) for k, v in totals.items()}
+        run = bisect.bisect_right(starts, e["ts"]) - 1
+        per_run[run][_scope(e["name"])] += e["dur"] / 1e3
+    timed = per_run[1:]
+    return {k: statistics.median(r.get(k, 0.0) for r in timed) for k in set().union(*timed)}
 
 
 def _scope(node_name: str) -> str:
@@ -186,19 +192,26 @@ def _parity(a, b) -> tuple[float, float, float]:
 
 
 def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | None) -> int:
-    import torch
-
-    from monoocc_ros.benchmarks.node import _checkpoint, _end_to_end
-    from monoocc_ros.inference import Predictor
-    from monoocc_ros.onnx_export import export_onnx
+    from monoocc_ros.benchmarks.node import _checkpoint
     from monoocc_ros.paths import use_local_dds
 
     use_local_dds()
     ckpt, label = _checkpoint(checkpoint)
     print(f"benchmark: {label}; {frames} synthetic frames; {os.cpu_count()} CPU cores", flush=True)
     data = _frames(frames)
-    tmp = tempfile.TemporaryDirectory()
-    onnx_path = Path(tmp.name) / "model.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run(Path(tmp) / "model.onnx", ckpt, label, data, frames, e2e_frames, json_out)
+
+
+def _run(
+    onnx_path: Path, ckpt: Path, label: str, data: list, frames: int, e2e_frames: int, json_out: str | None
+) -> int:
+    import torch
+
+    from monoocc_ros.benchmarks.node import _end_to_end
+    from monoocc_ros.inference import Predictor
+    from monoocc_ros.onnx_export import export_onnx
+
     report = export_onnx(ckpt, onnx_path)
     print(f"exported to ONNX in {report.seconds:.1f} s", flush=True)
 
@@ -236,13 +249,14 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
     # autotuning), so that the resident memory each one adds can be told apart.
     resident = {}
     for name in names:
-        before = PeakRSS().rss()
+        gc.collect()  # the export's model is garbage by now; torch's figure can still be ~0 or below
+        before = resident_bytes()
         backends[name] = loaders[name]()
         if not prepared:
             prepared = [backends[name].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
         for prep in prepared[:2]:
             timed(name, prep)
-        resident[name] = (PeakRSS().rss() - before) / 2**20
+        resident[name] = (resident_bytes() - before) / 2**20
     times: dict[str, list[float]] = defaultdict(list)
     mems: dict[str, list[float]] = defaultdict(list)
     parity = []
@@ -327,5 +341,4 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
                 indent=2,
             )
         )
-    tmp.cleanup()
     return 0

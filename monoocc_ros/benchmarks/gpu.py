@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from monoocc_ros.benchmarks.report import markdown_table
@@ -43,15 +44,16 @@ def _peak_gib(dev: torch.device) -> float:
 
 
 def inputs(cfg: ModelConfig, batch: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images and KITTI projections at the config's input size: (B, K, 3, H, W), (B, K, 3, 4)."""
-    from monoocc_ros.geometry import lidar_projection, resize_projection
-    from monoocc_ros.inference import TRAIN_SIZE, network_input_size
+    """Random images and KITTI projections, prepared as the node prepares a KITTI frame:
+    (B, K, 3, H, W), (B, K, 3, 4)."""
+    from monoocc_ros.geometry import IMAGE_HEIGHT, IMAGE_WIDTH
+    from monoocc_ros.inference import prepare_input
 
-    h, w = network_input_size(cfg)
+    blank = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), np.uint8)
+    prepared = prepare_input(cfg, blank, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
     k = len(cfg.frame_offsets)
-    p = resize_projection(lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"]), w / TRAIN_SIZE[1], h / TRAIN_SIZE[0])
-    images = torch.rand(batch, k, 3, h, w, device=dev)
-    proj = torch.from_numpy(p).float().to(dev).expand(batch, k, 3, 4).contiguous()
+    images = torch.rand(batch, k, *prepared.image.shape, device=dev)
+    proj = torch.from_numpy(prepared.projection).to(dev).expand(batch, k, 3, 4).contiguous()
     return images, proj
 
 
