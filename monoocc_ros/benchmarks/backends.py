@@ -53,9 +53,9 @@ STAGE_NAMES = {
 }
 
 
-def resident_bytes() -> int:
-    """This process's resident set size."""
-    with open("/proc/self/statm") as f:
+def resident_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (this one by default)."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
