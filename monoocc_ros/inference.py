@@ -292,13 +292,13 @@ class Predictor:
         if half_precision:
             raise ValueError("half_precision applies to the torch backend; the ONNX model runs float32")
         if not is_onnx:
-            from monoocc_ros.checkpoint import load_checkpoint
             from monoocc_ros.onnx_export import export_onnx
 
-            load_checkpoint(path)  # a bad checkpoint fails here with its own message, before hashing
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
             cached = onnx_cache_path(path)
             if not cached.is_file():
-                export_onnx(path, cached)
+                export_onnx(path, cached)  # a file that is not a checkpoint fails here, with the reason
             path = cached
         return cls.from_onnx(path, device)
 
