@@ -23,7 +23,10 @@ def main(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     model = Path(args.model) if args.model else package_file("models/student_tiny.pt")
-    calib = read_calib(args.calib) if args.calib else KITTI_CALIB
+    try:
+        calib = read_calib(args.calib) if args.calib else KITTI_CALIB
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"monoocc predict: cannot read calibration {args.calib}: {exc}") from exc
     try:
         rgb = np.asarray(Image.open(args.image).convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
