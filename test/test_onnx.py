@@ -125,21 +125,19 @@ def test_volume_sampling_as_slices_equals_grid_sample():
     axis and on slice edges, where neighbouring slices must not leak in."""
     g = torch.Generator().manual_seed(0)
     volume = torch.randn(3, 5, 6, 7, 4, generator=g)  # (N, C, D, H, W)
-    grid = torch.rand(3, 50, 4, 3, generator=g) * 2.6 - 1.3  # 15 % outside on each side
-    grid[0, :8, 0] = torch.tensor([[1.0, 0.2, 0.1], [-1.0, 0.0, 0.5], [0.9, 1.0, -1.0], [0.2, -0.3, 1.0],
+    grid = torch.rand(3, 4, 50, 3, generator=g) * 2.6 - 1.3  # (N, points, m, 3), 15 % outside on each side
+    grid[0, 0, :8] = torch.tensor([[1.0, 0.2, 0.1], [-1.0, 0.0, 0.5], [0.9, 1.0, -1.0], [0.2, -0.3, 1.0],
                                    [1.2, 0.0, 0.0], [0.0, 0.0, 1.1], [-1.1, 0.5, 0.5], [0.0, 1.2, 0.0]])  # fmt: skip
-    weights = torch.rand(3, 50, 4, generator=g)
+    weights = torch.rand(3, 4, 50, generator=g)
     expected = weighted_samples(volume, grid[:, :, :, None, :], weights)
     reference = (
         F.grid_sample(volume, grid[:, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=False)
-        .reshape(3, 5, 50, 4)
+        .reshape(3, 5, 4, 50)
         .mul(weights[:, None])
-        .sum(-1)
+        .sum(2)
     )
     torch.testing.assert_close(expected, reference)
-    torch.testing.assert_close(
-        weighted_volume_samples_as_slices(volume, (grid + 1) / 2, weights), expected, atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(weighted_volume_samples_as_slices(volume, grid, weights), expected, atol=1e-5, rtol=0)
 
 
 def test_onnxruntime_backend_exports_a_checkpoint_once(tmp_path, monkeypatch, frames):

@@ -86,41 +86,68 @@ class DeformableAttention(nn.Module):
         ]
         return self.output_proj(torch.cat(outs, 1))
 
+    def sampling_plan(
+        self, q: torch.Tensor, reference: torch.Tensor, size: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, m, C), reference (B, m, ndim) in [0, 1], size (ndim,) of the map in grid_sample
+        order -> sampling locations (B*heads, points, m, ndim) in grid_sample's [-1, 1] and
+        attention weights (B*heads, points, m), softmax over the points.
+
+        Both come from ONE matmul that yields them transposed, (B, K, m) with K ordered
+        (component, head, point): grid = 2 * (reference + offset / size) - 1 is affine in the
+        query, so the 2 / size is folded into the offset layer's weights and the reference and
+        the biases are added by a second, (ndim + 1)-wide matmul. Each component is then a
+        contiguous (B*heads, points, m) plane, and the weighted sum over points reduces a
+        middle axis. Why: in ONNX Runtime the straightforward version (a broadcast divide and
+        add over (B, m, heads, points, ndim), transposes with 3-float inner blocks, a weighted
+        sum over the innermost axis) took about 30 ms of the 60 ms this attention spends
+        outside its sampling kernel; torch gains too."""
+        b, m, c = q.shape
+        h, p, nd = self.heads, self.points, self.ndim
+        scale = (2.0 / size).view(nd, 1, 1)
+        offsets_w = self.sampling_offsets.weight.view(h * p, nd, c).transpose(0, 1) * scale  # (nd, h*p, C)
+        weight = torch.cat([offsets_w, self.attention_weights.weight.view(1, h * p, c)]).reshape(-1, c)
+        offsets_b = self.sampling_offsets.bias.view(h * p, nd).t() * scale[..., 0] - 1.0  # (nd, h*p)
+        bias = torch.cat([offsets_b, self.attention_weights.bias.view(1, h * p)]).reshape(-1, 1)
+        # (K, ndim + 1): 2 * reference for each point's own component, then the bias column.
+        eye = torch.eye(nd + 1, nd, dtype=q.dtype, device=q.device)  # the attention rows get no reference
+        spread = torch.cat([eye.mul(2.0).repeat_interleave(h * p, 0), bias], 1)
+        ref1 = torch.cat([reference, torch.ones_like(reference[..., :1])], -1)  # (B, m, ndim + 1)
+        planned = torch.matmul(weight, q.transpose(1, 2)) + torch.matmul(spread, ref1.transpose(1, 2))  # (B, K, m)
+        planned = planned.view(b, nd + 1, h * p, m)
+        grid = torch.stack([planned[:, i].reshape(b * h, p, m) for i in range(nd)], -1)
+        return grid, planned[:, nd].reshape(b * h, p, m).softmax(1)
+
     def _sample(self, q: torch.Tensor, reference: torch.Tensor, v: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         """q (B, m, C), reference (B, m, ndim), v (B*heads, C/heads, *spatial) -> (B, m, C) before output_proj."""
         b, m, c = q.shape
-        h, p = self.heads, self.points
-        offsets = self.sampling_offsets(q).view(b, m, h, p, self.ndim)
-        weights = self.attention_weights(q).view(b, m, h, p).softmax(-1)
-        loc = reference[:, :, None, None, :] + offsets / size  # in [0, 1] inside the map
-        loc = loc.permute(0, 2, 1, 3, 4).reshape(b * h, m, p, self.ndim)
-        w = weights.permute(0, 2, 1, 3).reshape(b * h, m, p)
+        grid, w = self.sampling_plan(q, reference, size)  # (B*h, p, m, ndim), (B*h, p, m)
         if self.ndim == 2:
-            out = weighted_samples(v, 2.0 * loc - 1.0, w)
+            out = weighted_samples(v, grid, w)
         elif torch.onnx.is_in_onnx_export():
-            out = weighted_volume_samples_as_slices(v, loc, w)
+            out = weighted_volume_samples_as_slices(v, grid, w)
         else:
-            out = weighted_samples(v, (2.0 * loc - 1.0)[:, :, :, None, :], w)  # (B*h, m, p, 1, 3): a 5-D grid
+            out = weighted_samples(v, grid[:, :, :, None, :], w)  # (B*h, p, m, 1, 3): a 5-D grid
         return out.reshape(b, c, m).transpose(1, 2)
 
 
 def weighted_samples(value: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Bilinear/trilinear samples of `value` (N, C, *spatial) at `grid` (N, m, p, [1,] ndim) in
-    [-1, 1] (zeros outside), summed over the p points with `weights` (N, m, p) -> (N, C, m).
-    A multiply and a sum rather than an einsum: the same speed in torch, several times faster in
-    ONNX Runtime, whose Einsum kernel is slow for this pattern."""
+    """Bilinear/trilinear samples of `value` (N, C, *spatial) at `grid` (N, p, m, [1,] ndim) in
+    [-1, 1] (zeros outside), summed over the p points with `weights` (N, p, m) -> (N, C, m).
+    A multiply and a sum over a middle axis rather than an einsum: the same speed in torch,
+    several times faster in ONNX Runtime, whose Einsum kernel is slow for this pattern."""
     n, c = value.shape[:2]
     sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (sampled.reshape(n, c, *weights.shape[1:]) * weights[:, None]).sum(-1)
+    return (sampled.reshape(n, c, *weights.shape[1:]) * weights[:, None]).sum(2)
 
 
-def weighted_volume_samples_as_slices(volume: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The same as `weighted_samples` for a volume (N, C, D, H, W) at `loc` (N, m, p, 3) given in
-    [0, 1] (pixel-edge convention, grid_sample order: W, H, D; grid = 2 * loc - 1), computed
-    as two bilinear samples of a 2-D image: trilinear = linear along D between two bilinear
-    samples of the neighbouring D slices. The slices lie side by side, each padded with one zero
-    column on both sides so that bilinear sampling at a slice's edge sees zeros (grid_sample's
-    padding), not the next slice; points further out are masked.
+def weighted_volume_samples_as_slices(volume: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The same as `weighted_samples` for a volume (N, C, D, H, W) at `grid` (N, p, m, 3) in
+    grid_sample's [-1, 1] (order W, H, D; align_corners=False), computed as two bilinear samples
+    of a 2-D image: trilinear = linear along D between two bilinear samples of the neighbouring
+    D slices. The slices lie side by side, each padded with one zero column on both sides so
+    that bilinear sampling at a slice's edge sees zeros (grid_sample's padding), not the next
+    slice; points further out are masked.
 
     Used in ONNX exports only: ONNX Runtime's 5-D GridSample kernel is about 3x slower than
     this (measured on the student_tiny self-attention), while torch's own 3-D kernel is faster
@@ -128,9 +155,9 @@ def weighted_volume_samples_as_slices(volume: torch.Tensor, loc: torch.Tensor, w
     """
     n, c, d, h, w = volume.shape
     wide = F.pad(volume, (1, 1)).permute(0, 1, 3, 2, 4).reshape(n, c, h, d * (w + 2))
-    lx, ly, lz = loc.unbind(-1)
-    px = lx * w - 0.5  # pixel coordinates (align_corners=False)
-    pd = lz * d - 0.5
+    gx, gy, gz = grid.unbind(-1)
+    px = (gx + 1) * (w / 2) - 0.5  # pixel coordinates (align_corners=False)
+    pd = (gz + 1) * (d / 2) - 0.5
     d0 = torch.floor(pd)
     fd = pd - d0
     inside_x = (px > -1) & (px < w)
@@ -138,6 +165,6 @@ def weighted_volume_samples_as_slices(volume: torch.Tensor, loc: torch.Tensor, w
     for slice_index, slice_weight in ((d0, 1 - fd), (d0 + 1, fd)):
         ok = inside_x & (slice_index >= 0) & (slice_index <= d - 1)
         col = slice_index.clamp(0, d - 1) * (w + 2) + 1 + px
-        columns.append(torch.stack([(2 * col + 1) / (d * (w + 2)) - 1, 2 * ly - 1], -1))
+        columns.append(torch.stack([(2 * col + 1) / (d * (w + 2)) - 1, gy], -1))
         slice_weights.append(weights * slice_weight * ok.to(weights.dtype))
-    return weighted_samples(wide, torch.cat(columns, 2), torch.cat(slice_weights, 2))
+    return weighted_samples(wide, torch.cat(columns, 1), torch.cat(slice_weights, 1))
