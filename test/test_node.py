@@ -164,7 +164,11 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
     try:
         assert h.wait_for_node(proc), stop_node(proc)
         assert h.spin_until(
-            lambda: any(s.level == DiagnosticStatus.ERROR and "nope.pt" in s.message for d in diags for s in d.status),
+            lambda: any(
+                s.name == f"{ns}/occupancy_node: occupancy" and s.level == DiagnosticStatus.ERROR and "nope.pt" in s.message
+                for d in diags
+                for s in d.status
+            ),
             30,
             proc,
         )

@@ -132,7 +132,7 @@ def measure_training(name: str, teacher: str | None, dev: torch.device, steps: i
         scaler.step(optimizer)
         scaler.update()
         _sync(dev)
-        losses.append(float(terms["total"]))
+        losses.append(float(terms["total"].detach()))
         if i > 0:
             times.append((time.perf_counter() - t0) * 1e3)
     return {"config": name + (f" + frozen {teacher}" if teacher else ""), "amp": amp,

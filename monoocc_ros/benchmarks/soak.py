@@ -45,7 +45,10 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
     diags: list = []
 
     def keep_last(msg) -> None:
-        diags[:] = [msg]
+        # Only this soak's node: another occupancy node on the domain publishes its own status.
+        mine = [s for s in msg.status if s.name == f"{ns}/occupancy_node: occupancy"]
+        if mine:
+            diags[:] = mine
 
     h.node.create_subscription(DiagnosticArray, "/diagnostics", keep_last, 10)
     received = 0
@@ -79,7 +82,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
         h.close()
         log = stop_node(proc)
         cache.cleanup()
-    values = {kv.key: kv.value for s in (diags[-1].status if diags else []) for kv in s.values}
+    values = {kv.key: kv.value for s in diags for kv in s.values}
     start = next(r for n, r in samples if n >= WARMUP)
     end = samples[-1][1]
     pace = f"at {rate:.2f} Hz" if rate > 0 else "in lock step"

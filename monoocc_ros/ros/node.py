@@ -304,7 +304,8 @@ def _make_node_class():
         # --- diagnostics ----------------------------------------------------------------
         def diagnostic_status(self):
             s = self.stats
-            st = DiagnosticStatus(name="monoocc_ros: occupancy_node", hardware_id="camera")
+            # The fully qualified name, so that two occupancy nodes on one graph can be told apart.
+            st = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: occupancy", hardware_id="camera")
             since_ok = time.monotonic() - (s["last_ok"] or self._started)
             if self.predictor is None:
                 st.level, st.message = DiagnosticStatus.ERROR, self.model_error or "no model loaded"
