@@ -165,7 +165,9 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
         assert h.wait_for_node(proc), stop_node(proc)
         assert h.spin_until(
             lambda: any(
-                s.name == f"{ns}/occupancy_node: occupancy" and s.level == DiagnosticStatus.ERROR and "nope.pt" in s.message
+                s.name == f"{ns}/occupancy_node: occupancy"
+                and s.level == DiagnosticStatus.ERROR
+                and "nope.pt" in s.message
                 for d in diags
                 for s in d.status
             ),
