@@ -150,19 +150,10 @@ def _torch_stage_times(predictor, prepared, runs: int) -> dict[str, float]:
 def _ort_stage_times(onnx_path: Path, providers: list, prepared, runs: int) -> dict[str, float]:
     """Median kernel time per stage (ms per frame) from ONNX Runtime's profiler; node events are
     assigned to the run whose `model_run` interval holds them, and the warm-up run is dropped."""
-    import onnxruntime as ort
+    from monoocc_ros.inference import onnxruntime_session
 
-    from monoocc_ros.inference import ORT_DISABLED_OPTIMIZERS
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_profiling = True
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort_profile")
-        session = ort.InferenceSession(
-            str(onnx_path), options, providers=providers, disabled_optimizers=ORT_DISABLED_OPTIMIZERS
-        )
+        session = onnxruntime_session(onnx_path, providers, profile_prefix=str(Path(tmp) / "ort_profile"))
         feed = {"image": prepared.image[None], "projection": prepared.projection[None]}
         for _ in range(runs + 1):  # the first is the warm-up
             session.run(None, feed)
