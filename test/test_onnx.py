@@ -18,7 +18,7 @@ from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint
 from monoocc_ros.data.formats import read_calib
 from monoocc_ros.inference import Predictor, onnx_cache_path
 from monoocc_ros.model.config import load_named_config
-from monoocc_ros.model.deformable import weighted_samples, weighted_volume_samples_as_slices
+from monoocc_ros.model.deformable import weighted_samples, weighted_volume_samples_as_slice_pairs
 from monoocc_ros.model.monoocc import MonoOcc
 from monoocc_ros.onnx_export import ExportError, export_onnx
 from monoocc_ros.paths import package_file
@@ -120,9 +120,9 @@ def test_continuous_path_matches_within_1e3(tmp_path, frames, proposal_bias):
         assert diff < 1e-3, f"logits differ by up to {diff}"
 
 
-def test_volume_sampling_as_slices_equals_grid_sample():
+def test_volume_sampling_as_slice_pairs_equals_grid_sample():
     """The export's rewrite of 5-D grid_sample, including points outside the volume on every
-    axis and on slice edges, where neighbouring slices must not leak in."""
+    axis and on slice edges, where neighbouring slice pairs must not leak in."""
     g = torch.Generator().manual_seed(0)
     volume = torch.randn(3, 5, 6, 7, 4, generator=g)  # (N, C, D, H, W)
     grid = torch.rand(3, 4, 50, 3, generator=g) * 2.6 - 1.3  # (N, points, m, 3), 15 % outside on each side
@@ -137,7 +137,8 @@ def test_volume_sampling_as_slices_equals_grid_sample():
         .sum(2)
     )
     torch.testing.assert_close(expected, reference)
-    torch.testing.assert_close(weighted_volume_samples_as_slices(volume, grid, weights), expected, atol=1e-5, rtol=0)
+    rewritten = weighted_volume_samples_as_slice_pairs(volume, grid, weights)
+    torch.testing.assert_close(rewritten, expected, atol=1e-5, rtol=0)
 
 
 def test_onnxruntime_backend_exports_a_checkpoint_once(tmp_path, monkeypatch, frames):
