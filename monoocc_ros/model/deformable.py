@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monoocc_ros.model.export_friendly import softmax
+
 
 class DeformableAttention(nn.Module):
     """query (B, N, C), reference (B, N, ndim) in [0, 1], value tokens (B, S, C) of a map of
@@ -116,7 +118,7 @@ class DeformableAttention(nn.Module):
         planned = torch.matmul(weight, q.transpose(1, 2)) + torch.matmul(spread, ref1.transpose(1, 2))  # (B, K, m)
         planned = planned.view(b, nd + 1, h * p, m)
         grid = torch.stack([planned[:, i].reshape(b * h, p, m) for i in range(nd)], -1)
-        return grid, planned[:, nd].reshape(b * h, p, m).softmax(1)
+        return grid, softmax(planned[:, nd].reshape(b * h, p, m), 1)
 
     def _sample(self, q: torch.Tensor, reference: torch.Tensor, v: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         """q (B, m, C), reference (B, m, ndim), v (B*heads, C/heads, *spatial) -> (B, m, C) before output_proj."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monoocc_ros.geometry import GridSpec
+from monoocc_ros.model.export_friendly import softmax
 
 
 class DepthHead(nn.Module):
@@ -34,7 +35,7 @@ class DepthHead(nn.Module):
     def forward(self, features: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
         logits = self.net(x)
-        depth = (logits.softmax(1) * self.centers.view(1, -1, 1, 1)).sum(1)
+        depth = (softmax(logits, 1) * self.centers.view(1, -1, 1, 1)).sum(1)
         return logits, depth
 
 
