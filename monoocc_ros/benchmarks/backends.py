@@ -7,7 +7,8 @@ neither gets a quieter machine. Reported per backend:
 - network latency (median, p90) of `Predictor.logits`, and the torch/onnxruntime ratio;
 - memory: the resident set size each backend adds when loaded and warmed up, and the peak
   extra during a forward pass (RSS sampled every millisecond by a thread, minus the RSS before
-  the call; ONNX Runtime keeps its arena between runs, so its per-frame peak is small);
+  the call, over the first frames in runs that are not timed; ONNX Runtime keeps its arena
+  between runs, so its per-frame peak is small);
   `torch.cuda.max_memory_allocated` for torch on CUDA;
 - per stage (backbone, depth, query proposal, cross-attention, self-attention, ICCA, rest of the
   transformer, head): torch by forward hooks (wall time), ONNX Runtime by its own profiler
@@ -39,6 +40,7 @@ import numpy as np
 
 from monoocc_ros.benchmarks.report import markdown_table
 
+MEMORY_FRAMES = 5  # frames whose peak memory is measured, in runs of their own
 STAGES = ("backbone", "depth", "proposal", "cross", "self_attn", "icca", "head")
 STAGE_NAMES = {
     "backbone": "backbone + FPN",
@@ -225,20 +227,30 @@ def _run(
     backends: dict = {}
     prepared: list = []
 
-    def timed(name: str, prep) -> tuple[float, float, object]:
+    def timed(name: str, prep) -> tuple[float, object]:
         pred = backends[name]
         cuda = "cuda" in name
         if cuda:
             torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = pred.logits(prep)
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3, out
+
+    def peak_memory(name: str, prep) -> float:
+        """Peak extra memory of one forward pass (MiB), in its own run: the RSS sampler is a
+        thread waking every millisecond, and timing under it would time the sampler too."""
+        pred = backends[name]
+        if "cuda" in name and name.startswith("torch"):
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            pred.logits(prep)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20
         with PeakRSS() as rss:
-            t0 = time.perf_counter()
-            out = pred.logits(prep)
-            if cuda:
-                torch.cuda.synchronize()
-            dt = (time.perf_counter() - t0) * 1e3
-        mem = torch.cuda.max_memory_allocated() / 2**20 if cuda and name.startswith("torch") else rss.extra_mib
-        return dt, mem, out
+            pred.logits(prep)
+        return rss.extra_mib
 
     # Load and warm up one backend at a time (first-call allocations, ORT's arena, cuDNN
     # autotuning), so that the resident memory each one adds can be told apart.
@@ -261,11 +273,13 @@ def _run(
         order = names if i % 2 == 0 else names[::-1]
         outs = {}
         for name in order:
-            dt, mem, out = timed(name, prep)
+            dt, out = timed(name, prep)
             times[name].append(dt)
-            mems[name].append(mem)
             outs[name] = out.float().cpu()
         parity.append(_parity(outs["torch cpu"], outs["onnxruntime cpu"]))
+    for prep in prepared[:MEMORY_FRAMES]:
+        for name in names:
+            mems[name].append(peak_memory(name, prep))
 
     stage_runs = max(3, min(10, frames // 2))
     stages = {}
