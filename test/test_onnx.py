@@ -19,6 +19,7 @@ from monoocc_ros.data.formats import read_calib
 from monoocc_ros.inference import Predictor, onnx_cache_path
 from monoocc_ros.model.config import load_named_config
 from monoocc_ros.model.deformable import weighted_samples, weighted_volume_samples_as_slice_pairs
+from monoocc_ros.model.export_friendly import softmax, upsample_trilinear_as_matmuls
 from monoocc_ros.model.monoocc import MonoOcc
 from monoocc_ros.onnx_export import ExportError, export_onnx
 from monoocc_ros.paths import package_file
@@ -139,6 +140,29 @@ def test_volume_sampling_as_slice_pairs_equals_grid_sample():
     torch.testing.assert_close(expected, reference)
     rewritten = weighted_volume_samples_as_slice_pairs(volume, grid, weights)
     torch.testing.assert_close(rewritten, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, see onnx_export.py
+def test_export_friendly_ops_equal_the_torch_ops(tmp_path):
+    """What the export writes out instead of Softmax over a middle axis and 5-D Resize."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 5, 4, 1), (1, 20, 8, 6, 2)]:  # odd sizes, a size-1 axis
+        x = torch.randn(*shape, generator=g)
+        expected = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+        torch.testing.assert_close(upsample_trilinear_as_matmuls(x, 2), expected, atol=1e-6, rtol=0)
+
+    class Softmax(torch.nn.Module):
+        def forward(self, x):
+            return softmax(x, 1)
+
+    x = torch.randn(2, 7, 3, 5, generator=g) * 30  # spread enough that exp would overflow without the max
+    path = tmp_path / "softmax.onnx"
+    torch.onnx.export(Softmax(), (x,), str(path), opset_version=20, dynamo=False, input_names=["x"])
+    assert "Softmax" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), x.softmax(1), atol=1e-6, rtol=0)
 
 
 def test_onnxruntime_backend_exports_a_checkpoint_once(tmp_path, monkeypatch, frames):

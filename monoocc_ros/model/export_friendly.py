@@ -7,7 +7,9 @@ kernels that ONNX Runtime runs fast on the CPU.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -19,3 +21,37 @@ def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.softmax(dim)
     e = (x - x.amax(dim, keepdim=True)).exp()
     return e / e.sum(dim, keepdim=True)
+
+
+def upsample_trilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """`F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)` for x
+    (B, C, X, Y, Z). Exported as three matrix products, one per axis, with the interpolation
+    matrices as constants (two non-zeros per row): ONNX Runtime's 5-D Resize took 14 ms for
+    student_tiny's (1, 20, 64, 64, 8) logits, the matrix products 11 ms (2 cores)."""
+    if not torch.onnx.is_in_onnx_export():
+        return F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)
+    return upsample_trilinear_as_matmuls(x, factor)
+
+
+def upsample_trilinear_as_matmuls(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """What `upsample_trilinear` exports: (B, C, X, Y, Z) -> (B, C, fX, fY, fZ)."""
+    b, c, nx, ny, nz = x.shape
+    mx, my, mz = (torch.from_numpy(linear_upsampling_matrix(n, factor)).to(x) for n in (nx, ny, nz))
+    x = torch.matmul(mx, x.reshape(b * c, nx, ny * nz))  # (B*C, fX, Y*Z)
+    x = torch.matmul(my, x.reshape(b * c * factor * nx, ny, nz))  # (B*C*fX, fY, Z)
+    x = torch.matmul(x.reshape(-1, nz), mz.t())  # (B*C*fX*fY, fZ)
+    return x.reshape(b, c, factor * nx, factor * ny, factor * nz)
+
+
+def linear_upsampling_matrix(n: int, factor: int) -> np.ndarray:
+    """(factor * n, n) float32: row i holds the weights of 1-D linear interpolation for output
+    sample i, with PyTorch's align_corners=False source index (clamped at both ends)."""
+    src = np.maximum((np.arange(factor * n) + 0.5) / factor - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    lam = src - i0
+    i1 = np.minimum(i0 + 1, n - 1)
+    m = np.zeros((factor * n, n), dtype=np.float64)
+    rows = np.arange(factor * n)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return m.astype(np.float32)

@@ -11,8 +11,9 @@ without layout copies."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from monoocc_ros.model.export_friendly import upsample_trilinear
 
 
 class OccupancyHead(nn.Module):
@@ -29,7 +30,7 @@ class OccupancyHead(nn.Module):
             return x
         if not torch.onnx.is_in_onnx_export():  # a layout hint for torch's kernel; ONNX has no layouts
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        return F.interpolate(x, scale_factor=self.upsample, mode="trilinear", align_corners=False)
+        return upsample_trilinear(x, self.upsample)
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
         if self.upsample_logits:
