@@ -9,8 +9,10 @@ ICCA, occupancy head. Contract (written into the file's metadata and printed by 
 
 Shapes are static: `prepare_input` always produces the network input size, and fixed shapes let
 ONNX Runtime fold every shape computation. The one data-dependent size inside, the number of
-proposed voxels, stays dynamic (NonZero). Opset 20 is the first with GridSample on 5-D inputs,
-which the 3-D deformable self-attention needs. Export uses torch's TorchScript-based exporter
+proposed voxels, stays dynamic (NonZero). The exported attention uses 2-D GridSample only (opset
+16 and later; the 3-D self-attention is rewritten into it, see
+`deformable.weighted_volume_samples_as_slice_pairs`); the export targets opset 20, the opset
+tested here. Export uses torch's TorchScript-based exporter
 (`dynamo=False`), which needs no extra package; torch marks it deprecated in favour of the
 dynamo exporter (torch.export + onnxscript), the path to take when a torch upgrade removes it.
 """

@@ -63,6 +63,11 @@ def test_exported_file_declares_its_contract(exported):
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 20
     ops = {n.op_type for n in proto.graph.node}
     assert {"GridSample", "NonZero", "ScatterElements"} <= ops  # attention, proposals, voxelisation
+    # The 3-D attention is exported as 2-D GridSample (ONNX Runtime's 5-D kernel is slow).
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+    samplers = [n for n in proto.graph.node if n.op_type == "GridSample"]
+    assert len(samplers) == 3 and all(ranks[n.input[0]] == 4 for n in samplers)  # cross, self, ICCA
     dims = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*proto.graph.input, *proto.graph.output)
     }
