@@ -92,7 +92,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_root):
     cfg_path.write_text(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}))
     script = tmp_path / "ddp_check.py"
     script.write_text(
-        "import sys, torch, torch.distributed as dist\n"
+        "import os, sys, torch, torch.distributed as dist\n"
         "from monoocc_ros.trainer.config import TrainConfig\n"
         "from monoocc_ros.trainer.engine import train\n"
         "torch.set_num_threads(1)\n"
@@ -101,7 +101,9 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_root):
         "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
         "dist.all_gather(gathered, flat)\n"
         "diff = max(float((g - gathered[0]).abs().max()) for g in gathered)\n"
-        "print('STEPS', r['step'], 'MAXDIFF', diff, 'WORLD', dist.get_world_size(), flush=True)\n"
+        # One write(2) per rank: both ranks share the pipe, and print() under PYTHONUNBUFFERED
+        # writes each argument separately, so two ranks' lines could interleave mid-line.
+        "os.write(1, f'STEPS {r[\"step\"]} MAXDIFF {diff} WORLD {dist.get_world_size()}\\n'.encode())\n"
         "dist.destroy_process_group()\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")

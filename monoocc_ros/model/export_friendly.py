@@ -36,7 +36,8 @@ def upsample_trilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
 def upsample_trilinear_as_matmuls(x: torch.Tensor, factor: int) -> torch.Tensor:
     """What `upsample_trilinear` exports: (B, C, X, Y, Z) -> (B, C, fX, fY, fZ)."""
     b, c, nx, ny, nz = x.shape
-    mx, my, mz = (torch.from_numpy(linear_upsampling_matrix(n, factor)).to(x) for n in (nx, ny, nz))
+    # int(): while tracing, sizes are traced values; the matrices must be plain constants.
+    mx, my, mz = (torch.from_numpy(linear_upsampling_matrix(int(n), factor)).to(x) for n in (nx, ny, nz))
     x = torch.matmul(mx, x.reshape(b * c, nx, ny * nz))  # (B*C, fX, Y*Z)
     x = torch.matmul(my, x.reshape(b * c * factor * nx, ny, nz))  # (B*C*fX, fY, Z)
     # The last product writes the output's final shape: ONNX Runtime copies a Reshape that
