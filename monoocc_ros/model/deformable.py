@@ -171,6 +171,8 @@ def weighted_volume_samples_as_slice_pairs(
     coordinate.
     """
     n, c, d, h, w = volume.shape
+    if h < 2:
+        raise ValueError(f"slice pairs need a volume at least 2 deep along H, got {tuple(volume.shape)}")
     p, m = weights.shape[1:]
     # Channel 2 * i + s is channel i of the pair's slice s, so the weighted sum below reduces one
     # contiguous middle axis (slice, point), which ONNX Runtime does 2x faster than two axes apart.
