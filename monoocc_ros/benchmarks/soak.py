@@ -34,6 +34,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
     from monoocc_ros.benchmarks.backends import _frames
     from monoocc_ros.benchmarks.node import _checkpoint
     from monoocc_ros.ros.harness import Harness, camera_info_msg, image_msg, start_node, stop_node
+    from monoocc_ros.ros.node import diagnostic_status_name
 
     ckpt, label = _checkpoint(checkpoint)
     data = _frames(20)
@@ -46,7 +47,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
 
     def keep_last(msg) -> None:
         # Only this soak's node: another occupancy node on the domain publishes its own status.
-        mine = [s for s in msg.status if s.name == f"{ns}/occupancy_node: occupancy"]
+        mine = [s for s in msg.status if s.name == diagnostic_status_name(f"{ns}/occupancy_node")]
         if mine:
             diags[:] = mine
 

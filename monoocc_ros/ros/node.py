@@ -125,6 +125,12 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def diagnostic_status_name(node_fqn: str) -> str:
+    """The node's /diagnostics status name: its fully qualified name, so that two occupancy
+    nodes on one graph can be told apart."""
+    return f"{node_fqn}: occupancy"
+
+
 def _make_node_class():
     """Defined lazily so that importing this module (for --help, the parameter table) needs no rclpy."""
     import rclpy
@@ -304,8 +310,7 @@ def _make_node_class():
         # --- diagnostics ----------------------------------------------------------------
         def diagnostic_status(self):
             s = self.stats
-            # The fully qualified name, so that two occupancy nodes on one graph can be told apart.
-            st = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: occupancy", hardware_id="camera")
+            st = DiagnosticStatus(name=diagnostic_status_name(self.get_fully_qualified_name()), hardware_id="camera")
             since_ok = time.monotonic() - (s["last_ok"] or self._started)
             if self.predictor is None:
                 st.level, st.message = DiagnosticStatus.ERROR, self.model_error or "no model loaded"
