@@ -177,6 +177,8 @@ def raw_to_train(raw: np.ndarray) -> np.ndarray:
     raw = np.asarray(raw)
     if not np.issubdtype(raw.dtype, np.integer):
         raise TypeError(f"raw labels must be integers, got dtype {raw.dtype}")
+    if raw.dtype == np.uint16:  # voxel .label files: no instance bits to drop, index directly (faster)
+        return _RAW_TO_TRAIN_LUT[raw]
     return _RAW_TO_TRAIN_LUT[(raw.astype(np.int64) & 0xFFFF)]
 
 

@@ -36,6 +36,18 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", help="write sequences/XX/predictions/NNNNNN.label (raw ids) under this root")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the scores to this JSON file")
+    ev.add_argument(
+        "--controls",
+        action="store_true",
+        help="also score an image-free prior and the model given another sequence's images, so a scene prior "
+        "is not mistaken for perception",
+    )
+    ev.add_argument(
+        "--prior-split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="split whose labels build the image-free prior (default train)",
+    )
 
     ex = sub.add_parser(
         "export", help="a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)"

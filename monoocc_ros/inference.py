@@ -41,6 +41,7 @@ from monoocc_ros.geometry import (
     to_homogeneous,
 )
 from monoocc_ros.model.config import ModelConfig
+from monoocc_ros.paths import cache_dir
 
 # The camera models are trained for: KITTI's image_2 (the synthetic world renders with it too).
 TRAIN_FOCAL = float(KITTI_CALIB["P2"][0, 0])  # px
@@ -269,8 +270,7 @@ def onnx_cache_path(checkpoint: str | os.PathLike) -> Path:
     retrained file at the same path is exported again."""
     from monoocc_ros.onnx_export import sha256
 
-    root = Path(os.environ.get("MONOOCC_CACHE", Path.home() / ".cache" / "monoocc_ros")) / "onnx"
-    return root / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:16]}.onnx"
+    return cache_dir("onnx") / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:16]}.onnx"
 
 
 class Predictor:

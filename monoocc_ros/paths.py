@@ -39,3 +39,10 @@ def use_local_dds() -> None:
     profile = package_file("config/fastdds_shm.xml")
     if profile.is_file():
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
+
+
+def cache_dir(kind: str) -> Path:
+    """The folder for one kind of derived file (onnx/, prior/): under `$MONOOCC_CACHE`, else
+    `~/.cache/monoocc_ros`. Everything there can be rebuilt from its inputs, so deleting it is
+    always safe; the variable lets tests and read-only homes put it elsewhere."""
+    return Path(os.environ.get("MONOOCC_CACHE", Path.home() / ".cache" / "monoocc_ros")) / kind

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -42,6 +43,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "val": ("08",),
     "test": tuple(f"{i:02d}" for i in range(11, 22)),
 }
+SPLITS_FILE = "splits.yaml"  # optional, in a dataset root: its own split -> sequences table
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,72 @@ def list_sequences(root: str | Path) -> list[str]:
     if not seq_root.is_dir():
         raise FileNotFoundError(f"{seq_root}: not a directory; expected a SemanticKITTI root with sequences/XX/")
     return sorted(p.name for p in seq_root.iterdir() if p.is_dir())
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line (its own spans several, with a caret drawing)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+def _sequence_name(path: Path, split: str, value: object) -> str:
+    """A sequence name from splits.yaml. Unquoted numbers arrive as ints (YAML 1.1 reads 11 as
+    11 and 07 as octal 7), so an int is written back two-digit; a bool or a float is a mistake."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"{value:02d}"
+    raise F.FormatError(
+        f"{path}: split {split!r} lists {value!r} ({type(value).__name__}); expected sequence names "
+        "such as '08' (quoted strings preferred; unquoted integers are read as two-digit names)"
+    )
+
+
+def load_splits(root: str | Path) -> dict[str, tuple[str, ...]]:
+    """The split -> sequence names table of a dataset root: `ROOT/splits.yaml` when it exists,
+    else the SemanticKITTI `SPLITS`.
+
+    A root that is not SemanticKITTI (a synthetic world, a custom recording) rarely has its
+    sequences where the official train/val lists expect them; the file says which sequences
+    train and which validate, for that root only. Its lists replace `SPLITS` entirely, e.g.
+
+        train: ["00", "01", "02"]
+        val: ["08", "11"]
+
+    Quote the names: unquoted, YAML reads 11 as the integer 11 and 07 as octal 7; integers are
+    accepted and written two-digit (7 -> "07"), but 010 would be octal 8 -> "08"."""
+    path = Path(root) / SPLITS_FILE
+    if not path.is_file():
+        return dict(SPLITS)
+    expected = "expected a mapping of split name to a list of sequence names, e.g. {train: ['00', '01'], val: ['08']}"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise F.FormatError(f"{path}: not valid YAML ({_yaml_problem(exc)}); {expected}") from None
+    if not isinstance(data, dict) or not data:
+        raise F.FormatError(f"{path}: holds {'nothing' if data is None else type(data).__name__}; {expected}")
+    splits: dict[str, tuple[str, ...]] = {}
+    for split, names in data.items():
+        if not isinstance(split, str) or not isinstance(names, list):
+            raise F.FormatError(f"{path}: split {split!r} maps to {type(names).__name__}; {expected}")
+        splits[split] = tuple(_sequence_name(path, split, n) for n in names)
+    return splits
+
+
+def load_voxel_target(stem: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(target, invalid) of one frame from `voxels/NNNNNN.label` and `.invalid`: target (X, Y, Z)
+    uint8 train ids, 255 where ignored or invalid; invalid (X, Y, Z) bool. The Dataset and the
+    image-free controls both read targets here, so a control is scored on exactly the model's."""
+    target = raw_to_train(F.read_voxel_labels(stem.with_suffix(".label"), SEMANTIC_KITTI_GRID.shape))
+    invalid = F.read_voxel_bits(stem.with_suffix(".invalid"), SEMANTIC_KITTI_GRID.shape)
+    np.putmask(target, invalid, IGNORE)  # in place: raw_to_train returns a new uint8 array
+    return target, invalid
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
 
 
 class SemanticKITTIDataset(Dataset):
@@ -120,6 +188,21 @@ class SemanticKITTIDataset(Dataset):
             image, projection = resize_image_and_projection(image, projection, self.cfg.image_size)
         return image, projection
 
+    def image_tensor(self, name: str, frame: int) -> torch.Tensor:
+        """The image of `frame` in sequence `name` as an item's `image`: (3, H, W) at the
+        configured size. For putting one sequence's picture in front of another's geometry."""
+        image, _ = self._image(self.sequences[name], frame, np.zeros((3, 4)))
+        return _to_tensor(image)
+
+    def other_frame(self, name: str, frame: int, offset: int) -> int:
+        """The frame shown at `offset` from `frame` in `other_images`: outside the sequence (or
+        without poses) the frame itself."""
+        seq = self.sequences[name]
+        j = frame + offset
+        if not (0 <= j < seq.num_images) or seq.poses is None or j >= len(seq.poses):
+            return frame
+        return j
+
     def __getitem__(self, index: int) -> dict:
         name, frame = self.items[index]
         seq = self.sequences[name]
@@ -129,14 +212,12 @@ class SemanticKITTIDataset(Dataset):
         h, w = image.shape[:2]
 
         item: dict = {
-            "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
+            "image": _to_tensor(image),
             "projection": torch.from_numpy(projection.astype(np.float32)),
         }
         vox = seq.path / "voxels" / f"{frame:06d}"
         if vox.with_suffix(".label").exists():
-            target = raw_to_train(F.read_voxel_labels(vox.with_suffix(".label"), SEMANTIC_KITTI_GRID.shape))
-            invalid = F.read_voxel_bits(vox.with_suffix(".invalid"), SEMANTIC_KITTI_GRID.shape)
-            target = np.where(invalid, IGNORE, target).astype(np.uint8)
+            target, invalid = load_voxel_target(vox)
             item["target"] = torch.from_numpy(target.astype(np.int64))
             item["invalid"] = torch.from_numpy(invalid)
             for s in cfg.downsample:
@@ -160,12 +241,10 @@ class SemanticKITTIDataset(Dataset):
         if cfg.frame_offsets:
             imgs, projs = [], []
             for off in cfg.frame_offsets:
-                j = frame + off
-                if not (0 <= j < seq.num_images) or seq.poses is None or j >= len(seq.poses):
-                    j = frame  # outside the sequence: reuse the current frame
+                j = self.other_frame(name, frame, off)
                 p = other_frame_projection(seq.calib["P2"], seq.calib["Tr"], seq.poses[frame], seq.poses[j])
                 img, p = self._image(seq, j, p)
-                imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0))
+                imgs.append(_to_tensor(img))
                 projs.append(torch.from_numpy(p.astype(np.float32)))
             item["other_images"] = torch.stack(imgs)
             item["other_projections"] = torch.stack(projs)

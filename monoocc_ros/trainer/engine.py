@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from monoocc_ros.checkpoint import (
@@ -32,7 +32,13 @@ from monoocc_ros.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from monoocc_ros.data.dataset import SPLITS, DatasetConfig, SemanticKITTIDataset, list_sequences
+from monoocc_ros.data.dataset import (
+    SPLITS_FILE,
+    DatasetConfig,
+    SemanticKITTIDataset,
+    list_sequences,
+    load_splits,
+)
 from monoocc_ros.inference import network_input_size, resolve_device
 from monoocc_ros.metrics import SSCMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
@@ -67,17 +73,32 @@ def target_key(scale: int) -> str:
 
 
 def resolve_sequences(root: str, wanted: tuple[str, ...] | None, split: str) -> tuple[str, ...]:
+    """The sequences to use: `wanted` when given, else the split's from `ROOT/splits.yaml`, else
+    the SemanticKITTI split's that exist under the root. A SemanticKITTI split may be partly
+    present (a sample of the dataset); a splits.yaml was written for this root, so a sequence it
+    names that is missing is a mistake (a typo, 8 for "08") and an error."""
     present = list_sequences(root)
     if wanted is not None:
         missing = [s for s in wanted if s not in present]
         if missing:
             raise FileNotFoundError(f"sequences {missing} not found under {root}/sequences (have {present})")
         return tuple(wanted)
-    chosen = tuple(s for s in SPLITS[split] if s in present)
+    splits = load_splits(root)
+    custom = (Path(root) / SPLITS_FILE).is_file()
+    source = f"{Path(root) / SPLITS_FILE}" if custom else "the SemanticKITTI splits"
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not defined in {source} (it defines {sorted(splits)})")
+    missing = [s for s in splits[split] if s not in present]
+    if custom and missing:
+        raise FileNotFoundError(
+            f"{source}: {split} sequences {missing} do not exist under {root}/sequences (have {present})"
+        )
+    chosen = tuple(s for s in splits[split] if s in present)
     if not chosen:
         raise FileNotFoundError(
-            f"none of the {split} split's sequences {SPLITS[split]} exist under {root}/sequences (have {present}); "
-            "name the sequences explicitly (--sequences, or train_sequences/val_sequences in the config)"
+            f"none of the {split} split's sequences {splits[split]} exist under {root}/sequences (have {present}); "
+            "name the sequences explicitly (--sequences, or train_sequences/val_sequences in the config), "
+            f"or list them in {Path(root) / SPLITS_FILE}"
         )
     return chosen
 
@@ -124,14 +145,16 @@ def expand_logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
-    dataset: SemanticKITTIDataset,
+    dataset: Dataset,
     device: torch.device,
     predictions_root: Path | None = None,
     progress: bool = True,
     amp: bool = False,
+    desc: str = "eval",
 ) -> SSCScores:
     """SSC metrics on the full 256x256x32 grid (coarser outputs are repeated), as the official
-    evaluator; optionally writes predictions as SemanticKITTI raw-id .label files."""
+    evaluator; optionally writes predictions as SemanticKITTI raw-id .label files. `dataset`: a
+    SemanticKITTIDataset or a wrapper yielding the same items (the controls' other-image one)."""
     from monoocc_ros.classes import train_to_raw
     from monoocc_ros.data import formats as F
 
@@ -139,7 +162,7 @@ def evaluate(
     model.eval()
     metrics = SSCMetrics()
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, generator=torch.Generator())
-    for batch in tqdm(loader, desc="eval", unit="frame", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
         images, proj = model_inputs(batch, cfg, device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
             logits = model(images, proj)["logits"].float()

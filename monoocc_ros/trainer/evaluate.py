@@ -1,15 +1,39 @@
 """`monoocc eval`: SSC metrics of a checkpoint on a dataset split, optionally writing
-SemanticKITTI-format predictions for the official evaluator."""
+SemanticKITTI-format predictions for the official evaluator, and with `--controls` the same
+scores for an image-free prior and for the model shown other worlds' images (see
+`monoocc_ros.trainer.controls`), so that a scene prior is not mistaken for perception."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import torch
+
 from monoocc_ros.checkpoint import build_model_from_checkpoint
+from monoocc_ros.data.dataset import SemanticKITTIDataset
 from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import SSCScores
+from monoocc_ros.trainer.controls import (
+    ControlReport,
+    OtherImageDataset,
+    donor_sequences,
+    image_free_prior,
+    score_fixed_prediction,
+)
 from monoocc_ros.trainer.engine import evaluate, make_dataset, resolve_sequences
+
+
+def _load(
+    checkpoint: str, data: str, split: str, sequences: tuple[str, ...] | None, device: str
+) -> tuple[torch.nn.Module, SemanticKITTIDataset, torch.device]:
+    """The model on its device and the evaluated split's Dataset."""
+    dev = resolve_device(device)
+    model, _ = build_model_from_checkpoint(checkpoint)
+    seqs = resolve_sequences(data, sequences, split)
+    dataset = make_dataset(model.cfg, data, seqs, model.cfg.frame_offsets)
+    return model.to(dev), dataset, dev
 
 
 def evaluate_checkpoint(
@@ -21,20 +45,68 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> SSCScores:
-    dev = resolve_device(device)
-    model, _ = build_model_from_checkpoint(checkpoint)
-    model = model.to(dev)
-    seqs = resolve_sequences(data, sequences, split)
-    dataset = make_dataset(model.cfg, data, seqs, model.cfg.frame_offsets)
+    model, dataset, dev = _load(checkpoint, data, split, sequences, device)
     return evaluate(model, dataset, dev, Path(predictions) if predictions else None, progress=progress)
 
 
-def main(args: argparse.Namespace) -> int:
+def evaluate_with_controls(
+    checkpoint: str,
+    data: str,
+    split: str = "val",
+    sequences: tuple[str, ...] | None = None,
+    prior_split: str = "train",
+    predictions: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> ControlReport:
+    """The model's scores and both controls' on the same frames. Sequences and donors are
+    resolved before the model runs, so a root without a second sequence fails at once."""
+    model, dataset, dev = _load(checkpoint, data, split, sequences, device)
+    prior_seqs = resolve_sequences(data, None, prior_split)
+    donors = donor_sequences(data, dataset.cfg.sequences)
+    other = OtherImageDataset(dataset, donors)
+    prior = image_free_prior(data, prior_seqs, progress)
+    scores = evaluate(model, dataset, dev, Path(predictions) if predictions else None, progress=progress)
+    return ControlReport(
+        model=scores,
+        prior=score_fixed_prediction(prior, dataset, progress),
+        other_image=evaluate(model, other, dev, progress=progress, desc="other image"),
+        sequences=dataset.cfg.sequences,
+        prior_sequences=prior_seqs,
+        donors=donors,
+    )
+
+
+def _run(args: argparse.Namespace) -> tuple[SSCScores, ControlReport | None]:
     seqs = tuple(args.sequences) if args.sequences else None
-    scores = evaluate_checkpoint(args.checkpoint, args.data, args.split, seqs, args.predictions, args.device)
+    if args.controls:
+        report = evaluate_with_controls(
+            args.checkpoint, args.data, args.split, seqs, args.prior_split, args.predictions, args.device
+        )
+        return report.model, report
+    return evaluate_checkpoint(args.checkpoint, args.data, args.split, seqs, args.predictions, args.device), None
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        resolve_device(args.device)  # CUDA asked for and absent: one line, before any work
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"monoocc eval: {exc}") from None
+    try:
+        scores, report = _run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # The user's input (CheckpointError, ConfigError, FormatError are ValueErrors): one line.
+        # A RuntimeError from inside the model is a bug and keeps its traceback.
+        raise SystemExit(f"monoocc eval: {exc}") from None
     print(scores.table())
+    if report is not None:
+        print()
+        print(report.table())
     if args.json:
-        Path(args.json).write_text(scores.to_json())
+        out = scores.to_dict()
+        if report is not None:
+            out["controls"] = report.to_dict()
+        Path(args.json).write_text(json.dumps(out, indent=2))
     if args.predictions:
         print(f"predictions written under {args.predictions}/sequences/*/predictions/")
     return 0
