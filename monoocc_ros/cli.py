@@ -21,6 +21,12 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
     synth.add_argument("--seed", type=int, default=0, help="world seed; same seed, same files (default 0)")
     synth.add_argument("--first-sequence", type=int, default=0, help="number of the first sequence (default 0)")
+    synth.add_argument(
+        "--preset",
+        choices=["benchmark"],
+        help="benchmark: the named benchmark (training worlds 00-07,09,10 x 100 frames from seed 0, validation "
+        "worlds 08,11,12 x 50 frames from seed 1, and splits.yaml); ignores --sequences/--frames/--seed",
+    )
 
     train = sub.add_parser("train", help="train a teacher or a (distilled) student; torchrun for several processes")
     train.add_argument("--config", required=True, help="training config YAML (config/train/*.yaml)")
@@ -148,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         import time
 
-        from monoocc_ros.data.synth import synthesize
+        from monoocc_ros.data import synth as S
 
         t0 = time.perf_counter()
-        root = synthesize(args.out, args.sequences, args.frames, args.seed, args.first_sequence)
+        if args.preset == "benchmark":
+            root = S.synthesize_benchmark(args.out)
+            n = len(S.BENCHMARK_TRAIN) * S.BENCHMARK_TRAIN_FRAMES + len(S.BENCHMARK_VAL) * S.BENCHMARK_VAL_FRAMES
+        else:
+            root = S.synthesize(args.out, args.sequences, args.frames, args.seed, args.first_sequence)
+            n = args.sequences * args.frames
         dt = time.perf_counter() - t0
-        n = args.sequences * args.frames
         print(f"wrote {n} frames to {root} in {dt:.1f} s ({n / dt:.2f} frames/s)")
         return 0
     if args.command == "train":

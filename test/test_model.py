@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from monoocc_ros.data.synth import SequenceRenderer, generate_world
+from monoocc_ros.data.synth import SequenceRenderer, make_world
 from monoocc_ros.geometry import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
@@ -149,12 +149,11 @@ def test_teacher_small_builds_with_paper_sizes():
 def test_model_projection_lands_on_rendered_class():
     """Centres of the car voxels the camera sees, projected by the transformer's own function
     into the half-size image the tiny model sees, land on pixels rendered as car."""
-    world = generate_world(np.random.default_rng([11, 0]), 60.0)
-    frame = SequenceRenderer(world, np.array([0.0]), seed=11).render(0)
+    frame = SequenceRenderer(make_world(np.random.default_rng([11, 0]), 1), seed=11).render(0)
     cfg = load_named_config("student_tiny")
     _, proj = _inputs(cfg)
     h, w = round(IMAGE_HEIGHT * cfg.image_scale), round(IMAGE_WIDTH * cfg.image_scale)
-    car = (frame["labels"] == 1) & frame["bin"]
+    car = (frame["labels"] == 1) & frame["camera_seen"]
     centers = torch.from_numpy(SEMANTIC_KITTI_GRID.voxel_centers()[car])
     ref, visible = project_reference_points(centers, proj, (h, w))
     assert visible.float().mean() > 0.95 and visible.sum() > 50

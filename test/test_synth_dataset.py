@@ -14,7 +14,7 @@ import torch
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset
-from monoocc_ros.data.synth import CAR, SequenceRenderer, generate_world, synthesize
+from monoocc_ros.data.synth import CAR, SequenceRenderer, make_world, synthesize
 from monoocc_ros.geometry import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
@@ -74,20 +74,26 @@ def test_cli_writes_full_layout_and_is_deterministic(tmp_path, synth_root):
 
 
 def test_voxel_files_are_consistent(synth_root):
+    """SemanticKITTI's meaning: labels come from accumulated returns, so every labelled voxel was
+    observed (never invalid); building interiors are invalid, not solid; the current scan's
+    voxels (.bin) are occupied and not occluded."""
     vox = synth_root / "sequences" / "00" / "voxels"
     labels = raw_to_train(F.read_voxel_labels(vox / "000002.label"))
-    seen = F.read_voxel_bits(vox / "000002.bin")
+    scan = F.read_voxel_bits(vox / "000002.bin")
     occluded = F.read_voxel_bits(vox / "000002.occluded")
     invalid = F.read_voxel_bits(vox / "000002.invalid")
-    assert seen.sum() > 5000
-    assert not (seen & (labels == 0)).any()  # what the camera sees is occupied
-    assert not (seen & occluded).any()
-    assert not (invalid & (labels == 0)).any()  # only object interiors are invalid
+    assert scan.sum() > 5000
+    assert (labels[scan] > 0).mean() > 0.97  # what the current scan hits is occupied
+    assert not (scan & occluded).any()
+    assert not (invalid & (labels > 0)).any()  # a voxel with a class was observed
+    assert 0.15 < invalid.mean() < 0.9  # unobserved space exists (behind walls, far away) but not all
     present = set(np.unique(labels).tolist())
-    assert {0, 1, 9, 11, 13} <= present  # empty, car, road, sidewalk, building at least
+    assert {0, 9, 11, 15} <= present  # empty, road, sidewalk, vegetation at least
     # Road lies on the grid's second z layer (surface at -1.73 m within [-1.8, -1.6]).
     road_z = np.bincount(np.nonzero(labels == 9)[2], minlength=32)
     assert road_z[1] > 0.95 * road_z.sum()
+    building = labels == 13
+    assert building[:, :, [0, 31]].sum() <= 0.05 * max(building.sum(), 1)  # no solid slabs at the grid's edges
 
 
 def test_lidar_points_agree_with_voxel_labels(synth_root):
@@ -104,11 +110,10 @@ def test_lidar_points_agree_with_voxel_labels(synth_root):
 
 def test_known_object_projects_onto_its_rendered_class():
     """A car's voxel centres, projected with P2 @ Tr, land on pixels rendered as car."""
-    rng = np.random.default_rng([7, 0])
-    world = generate_world(rng, 60.0)
-    renderer = SequenceRenderer(world, np.array([0.0]), seed=7)
+    world = make_world(np.random.default_rng([7, 0]), 1)
+    renderer = SequenceRenderer(world, seed=7)
     out = renderer.render(0)
-    cars_seen = out["bin"] & (out["labels"] == CAR)
+    cars_seen = out["camera_seen"] & (out["labels"] == CAR)
     assert cars_seen.sum() > 50
     centers = SEMANTIC_KITTI_GRID.voxel_centers()[cars_seen]
     uv, depth = project_points(centers, lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"]))
