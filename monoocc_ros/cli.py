@@ -34,6 +34,13 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (YAML values)")
 
+    st = sub.add_parser("stats", help="what a split's voxel ground truth holds, beside SemanticKITTI's figures")
+    st.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
+    st.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
+    st.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
+    st.add_argument("--every", type=int, default=1, help="use every N-th labelled frame (default 1)")
+    st.add_argument("--json", help="also write the statistics to this JSON file")
+
     ev = sub.add_parser("eval", help="SSC metrics of a checkpoint on a SemanticKITTI-format split")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
@@ -180,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = yaml.safe_load(value)
         result = train(TrainConfig.from_yaml(args.config, overrides), resume=args.resume, device=args.device)
         return 0 if result["step"] > 0 else 1
+    if args.command == "stats":
+        from monoocc_ros.data.statistics import main as stats_main
+
+        try:
+            return stats_main(args)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"monoocc stats: {exc}", file=sys.stderr)
+            return 2
     if args.command == "eval":
         from monoocc_ros.trainer.evaluate import main as eval_main
 

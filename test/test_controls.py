@@ -322,3 +322,33 @@ def test_eval_reports_a_malformed_splits_file_in_one_line(root, checkpoint):
     message = str(info.value.code)
     assert message.startswith(f"monoocc eval: {root / 'splits.yaml'}: split 'val' maps to dict; expected a mapping")
     assert "\n" not in message
+
+
+# --- dataset statistics (monoocc stats) ---------------------------------------------------
+
+
+def test_split_statistics_count_valid_occupied_voxels(root):
+    from monoocc_ros.data.statistics import in_view_mask, split_statistics
+
+    stats = split_statistics(root, ("00",), progress=False)
+    assert stats.frames == 3
+    share = dict(zip(range(1, 20), stats.class_share, strict=True))
+    assert share[CAR] == pytest.approx(100 * 3 / 7) and share[ROAD] == pytest.approx(100 * 3 / 7)
+    assert share[PERSON] == pytest.approx(100 / 7)
+    n = SEMANTIC_KITTI_GRID.num_voxels
+    assert stats.valid_share == pytest.approx(100 * (3 * n - 8) / (3 * n))  # 5 invalid + 3 ignored
+    assert stats.occupied_share == pytest.approx(100 * 7 / (3 * n - 8))
+    assert "car" not in stats.missing_classes and "truck" in stats.missing_classes
+    view = in_view_mask(KITTI_CALIB)
+    assert view[100, 128, 8] and not view[100, 250, 8] and not view[0, 128, 8]  # ahead / far left / at the car
+    assert stats.in_view_share == 0.0  # A..E all lie left of the camera's view
+
+
+def test_stats_cli_prints_the_table(root, capsys):
+    from monoocc_ros.cli import main
+
+    assert main(["stats", "--data", str(root), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "SemKITTI %" in out and "valid voxels" in out
+    assert main(["stats", "--data", str(root / "nope")]) == 2
+    assert "monoocc stats:" in capsys.readouterr().err

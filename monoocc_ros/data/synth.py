@@ -18,6 +18,7 @@ gradient, so a class is not a function of colour alone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from monoocc_ros.data.synth_labels import (
     accumulate,
     box_shells,
     lidar_directions,
+    sight_directions,
 )
 from monoocc_ros.data.synth_world import (  # noqa: F401 (CAR re-exported for tests)
     CAR,
@@ -165,6 +167,7 @@ class SequenceRenderer:
         self._sky = np.array([0.45, 0.62, 0.9], np.float32) * (1 - rows) + 0.85 * rows
         self.lidar_dirs = lidar_directions()
         self._accumulation_dirs = lidar_directions(azimuths=ACCUMULATION_AZIMUTHS)
+        self._sight_dirs = sight_directions()
         self._scan_geometry = _scan_geometry(grid)
         static = np.flatnonzero(~self.boxes.moving)
         self._static = static
@@ -177,22 +180,35 @@ class SequenceRenderer:
 
     def accumulate(self, progress=None) -> None:
         """Casts every pose's scan into the static world and builds the label accumulation."""
-        scans = []
+        scans, sight = [], []
         b = self.boxes
         rng = np.random.default_rng([self.seed, 7])
-        for pose in self.traj.poses:
+        for i, pose in enumerate(self.traj.poses):
+            origin = pose[:3, 3]
             dirs = self._accumulation_dirs @ np.ascontiguousarray(pose[:3, :3].T)
-            t_hit, prim, _ = _cast(self._static_scene, pose[:3, 3], dirs)
+            t_hit, prim, _ = _cast(self._static_scene, origin, dirs)
             ok = np.flatnonzero(np.isfinite(t_hit))
             box = self._static[prim[ok] // 12]
-            rng_ok = foliage_returns(b, box, b.center, b.yaw, pose[:3, 3], dirs[ok], t_hit[ok], rng)
+            rng_ok = foliage_returns(b, box, b.center, b.yaw, origin, dirs[ok], t_hit[ok], rng)
             keep = (rng_ok >= MIN_RANGE) & (rng_ok <= MAX_RANGE)
-            pts = pose[:3, 3] + dirs[ok[keep]] * rng_ok[keep, None]
-            scans.append((pose[:3, 3], pts, b.label[box[keep]]))
-            if progress is not None:
-                progress.update(0)
+            scans.append((origin, origin + dirs[ok[keep]] * rng_ok[keep, None], b.label[box[keep]]))
+            if i % 2 == 0:  # lines of sight: every other pose is dense enough for free space
+                sight.append((origin, self._lines_of_sight(origin, pose[:3, :3], dirs, t_hit)))
         written = self.traj.poses[self.traj.first : self.traj.first + self.traj.written]
-        self._labeler = FrameLabeler(accumulate(scans, written, self.grid), self.grid)
+        self._labeler = FrameLabeler(accumulate(scans, written, self.grid, sight), self.grid)
+
+    def _lines_of_sight(self, origin: np.ndarray, rot: np.ndarray, beams: np.ndarray, t_beam: np.ndarray):
+        """Ends of the free segments seen from a pose beyond its returns: beams without a return
+        (open sky over a field) and upward directions above the beams, each up to the first
+        surface or 80 m. Why: SemanticKITTI's `.invalid` marks what no scan position could see
+        (line of sight through the accumulated scans), so air above the beams' reach is
+        observed empty there, not invalid; surfaces reached only this way get no class."""
+        up = self._sight_dirs @ np.ascontiguousarray(rot.T)
+        t_up, _, _ = _cast(self._static_scene, origin, up)
+        miss = ~np.isfinite(t_beam)
+        dirs = np.concatenate([beams[miss], up])
+        t = np.concatenate([np.full(int(miss.sum()), SCAN_RANGE), np.minimum(t_up, SCAN_RANGE)])
+        return origin + dirs * t[:, None]
 
     def _frame_scene(self, t: float, pose: np.ndarray):
         center, yaw = self.boxes.at(t)
@@ -353,15 +369,12 @@ BENCHMARK_TRAIN_SEED, BENCHMARK_VAL_SEED = 0, 1
 
 def synthesize_benchmark(out: str | Path) -> Path:
     """`monoocc synth --preset benchmark`: the training and validation worlds and `splits.yaml`."""
-    import yaml
-
     jobs = [(int(s), BENCHMARK_TRAIN_FRAMES, BENCHMARK_TRAIN_SEED) for s in BENCHMARK_TRAIN]
     jobs += [(int(s), BENCHMARK_VAL_FRAMES, BENCHMARK_VAL_SEED) for s in BENCHMARK_VAL]
     root = _write(Path(out), jobs)
-    splits = {"train": list(BENCHMARK_TRAIN), "val": list(BENCHMARK_VAL)}
-    (root / "splits.yaml").write_text(
+    (root / "splits.yaml").write_text(  # JSON lists are YAML with every name quoted ("08", never 8)
         "# monoocc synth --preset benchmark: which sequences form each split (read by monoocc train/eval)\n"
-        + yaml.safe_dump(splits, default_flow_style=None)
+        f"train: {json.dumps(list(BENCHMARK_TRAIN))}\nval: {json.dumps(list(BENCHMARK_VAL))}\n"
     )
     return root
 

@@ -51,6 +51,17 @@ def lidar_directions(beams: int = 64, azimuths: int = 2048) -> np.ndarray:
     return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
 
 
+def sight_directions(top: float = 40.0, azimuths: int = 1024) -> np.ndarray:
+    """Unit directions above the scanner's beams (+2 degrees) up to `top` degrees, rows spaced so
+    that where a row leaves the grid's top (4.4 m above the sensor) neighbouring rows are about a
+    voxel apart (spacing proportional to tan(elevation))."""
+    rows = [np.deg2rad(2.4)]
+    while rows[-1] < np.deg2rad(top):
+        rows.append(rows[-1] + 0.045 * np.tan(rows[-1]))
+    el, az = np.meshgrid(np.array(rows), np.linspace(-np.pi, np.pi, azimuths, endpoint=False), indexing="ij")
+    return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
+
+
 @njit(parallel=True, cache=True)
 def _carve(free, origin, resolution, sensor, ends):  # pragma: no cover - compiled
     """Marks every voxel the segment sensor -> ends[i] passes through before its end voxel."""
@@ -171,10 +182,14 @@ def world_region(poses: np.ndarray, grid: GridSpec, margin: float = 1.0) -> tupl
 
 
 def accumulate(
-    scans: list[tuple[np.ndarray, np.ndarray, np.ndarray]], frame_poses: np.ndarray, grid: GridSpec
+    scans: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    frame_poses: np.ndarray,
+    grid: GridSpec,
+    sight: list[tuple[np.ndarray, np.ndarray]] = (),
 ) -> Accumulation:
-    """`scans`: per accumulation pose (origin (3,), returns (K, 3) world, classes (K,)).
-    The free-space grid covers the volumes of `frame_poses` (the written frames)."""
+    """`scans`: per accumulation pose (origin (3,), returns (K, 3) world, classes (K,)); `sight`:
+    more free segments (origin (3,), ends (K, 3)) that carry no class. The free-space grid covers
+    the volumes of `frame_poses` (the written frames)."""
     lo, hi = world_region(frame_poses, grid)
     res = grid.resolution
     # z as the frame grid's (the ground is flat and the poses level, so layers line up exactly).
@@ -188,6 +203,8 @@ def accumulate(
         _carve(free, origin, res, np.asarray(sensor, np.float64), pts.astype(np.float64))
         points.append(pts.astype(np.float32))
         labels.append(cls.astype(np.uint8))
+    for sensor, ends in sight:
+        _carve(free, origin, res, np.asarray(sensor, np.float64), np.ascontiguousarray(ends, np.float64))
     pts = np.concatenate(points) if points else np.zeros((0, 3), np.float32)
     cls = np.concatenate(labels) if labels else np.zeros(0, np.uint8)
     pts, cls, index = _dedupe_by_tile(pts, cls)

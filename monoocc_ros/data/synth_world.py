@@ -247,8 +247,8 @@ def draw_profile(rng: np.random.Generator, character: float) -> Profile:
 
 # Plot kinds beyond the verge and their weights from rural (character 0) to urban (1).
 _PLOTS = ("building", "garden", "woods", "field", "yard")
-_PLOT_RURAL = np.array([0.16, 0.3, 0.35, 0.12, 0.07])
-_PLOT_URBAN = np.array([0.62, 0.2, 0.07, 0.03, 0.08])
+_PLOT_RURAL = np.array([0.25, 0.28, 0.3, 0.1, 0.07])
+_PLOT_URBAN = np.array([0.7, 0.15, 0.05, 0.03, 0.07])
 CURB = 0.15  # m: sidewalks and medians stand this high above the road
 
 
@@ -327,7 +327,7 @@ class StreetLayer:
 
     def _plot(self, kind: str, s0: float, s1: float, sign: int, near: float, far: float) -> None:
         rng, g, seg = self.rng, self.g, s1 - s0
-        setback = rng.uniform(0.5, 8.0)
+        setback = rng.uniform(0.5, 5.0) if kind == "building" else rng.uniform(0.5, 8.0)
         ground = OTHER_GROUND if kind == "yard" or (kind == "building" and rng.random() < 0.3) else TERRAIN
         self._band(s0, s1, sign, near, far, g + 0.08, ground)
         fence_p = {"building": 0.45, "garden": 0.8, "woods": 0.4, "field": 0.85, "yard": 0.9}[kind]
@@ -338,14 +338,14 @@ class StreetLayer:
         b0 = near + setback
         if kind == "building":
             depth = rng.uniform(8, 20)
-            h = rng.uniform(4, 16)
+            h = rng.uniform(5, 18)
             self._box_band(s0 + 0.4, s1 - 0.4, sign, b0, b0 + depth, g - 0.6, h + 0.6, BUILDING)
             if rng.random() < 0.4:  # a hedge or bushes in front
                 self._box_band(s0 + 0.5, s1 - 0.5, sign, near + 0.2, near + 1.2, g, rng.uniform(0.8, 1.6), VEGETATION)
         elif kind == "garden":
             self._box_band(s0 + 0.3, s1 - 0.3, sign, b0, b0 + rng.uniform(1, 3), g, rng.uniform(1.0, 2.5), VEGETATION)
             self._trees(s0, s1, sign, b0 + 3, b0 + 15, rng.uniform(6, 12))
-            if rng.random() < 0.5:
+            if rng.random() < 0.7:
                 depth = rng.uniform(7, 12)
                 self._box_band(s0 + 2, s1 - 2, sign, b0 + 8, b0 + 8 + depth, g - 0.6, rng.uniform(4, 9), BUILDING)
         elif kind == "woods":
@@ -585,7 +585,7 @@ class World:
 def make_world(rng: np.random.Generator, frames: int, before: int = 30, after: int = 70) -> World:
     """A world with a drive of `frames` written frames (plus `before`/`after` poses for the
     labels' accumulation). Deterministic for a given generator state."""
-    character = float(rng.beta(1.2, 1.2))
+    character = float(rng.beta(1.6, 1.2))  # leaning suburban, as KITTI's drives
     density = rng.uniform(0.6, 1.6)
     profile = draw_profile(rng, character)
     street = make_centreline(rng, -120.0, 60.0 + 1.1 * (frames + after) + 120.0)
