@@ -179,6 +179,44 @@ def test_scal_losses_reward_correct_predictions():
     assert masked_feature_mse(f, t, torch.zeros_like(mask)) == 0
 
 
+def _sem_scal_reference(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MonoScene's sem_scal written as its loop over classes (the shipped code before vectorising)."""
+
+    def bce_one(p):
+        return torch.nn.functional.binary_cross_entropy(p.clamp(1e-6, 1.0), torch.ones_like(p))
+
+    prob, mask = logits.softmax(1), target != 255
+    t = target[mask]
+    loss, count = logits.new_zeros(()), 0
+    for c in range(logits.shape[1]):
+        p, is_c = prob[:, c][mask], (t == c).to(logits.dtype)
+        if is_c.sum() == 0:
+            continue
+        count += 1
+        tp = (p * is_c).sum()
+        loss = loss + bce_one(tp / p.sum()) + bce_one(tp / is_c.sum())
+        if (1 - is_c).sum() > 0:
+            loss = loss + bce_one(((1 - p) * (1 - is_c)).sum() / (1 - is_c).sum())
+    return loss / max(count, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_sem_scal_equals_the_per_class_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(2, 20, 6, 5, 4, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    target = torch.randint(0, 20, (2, 6, 5, 4), generator=g)
+    target[target == 7] = 1 if seed else 7  # some classes absent, one sample with a single class
+    target[0, :2] = 255
+    ref = _sem_scal_reference(logits, target)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    new = sem_scal_loss(logits, target)
+    (g_new,) = torch.autograd.grad(new, logits)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-10, atol=1e-12)
+    only_one = torch.zeros_like(target)  # every voxel empty: no negatives for class 0
+    torch.testing.assert_close(sem_scal_loss(logits, only_one), _sem_scal_reference(logits, only_one))
+
+
 def test_loss_terms_switch_off():
     cfg = load_named_config("student_tiny")
     off = cfg.loss.__class__(ce=1.0, sem_scal=0, geo_scal=0, semantic_2d=0, proposal=0, depth=0)

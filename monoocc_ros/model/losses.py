@@ -26,27 +26,34 @@ def _bce_to_one(p: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(p.clamp(1e-6, 1.0), torch.ones_like(p))
 
 
+def _neg_log(p: torch.Tensor) -> torch.Tensor:
+    """Elementwise binary cross-entropy of p against 1, as `_bce_to_one` on each entry."""
+    return -p.clamp(1e-6, 1.0).log()
+
+
 def sem_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """logits (B, C, ...) and target (B, ...) train ids (255 ignored)."""
-    prob = logits.softmax(1)
+    """logits (B, C, ...) and target (B, ...) train ids (255 ignored). MonoScene's per-class
+    precision, recall and specificity terms for every class present in the target, averaged.
+
+    All classes at once: per-class sums come from one pass (a scatter of each voxel's
+    probability of its true class and column sums of the probabilities) instead of a loop over
+    20 classes that re-reads the whole volume each time (8 % of a training step)."""
+    num_classes = logits.shape[1]
     mask = target != IGNORE
-    t = target[mask]
-    loss, count = logits.new_zeros(()), 0
-    for c in range(logits.shape[1]):
-        p = prob[:, c][mask]
-        is_c = (t == c).to(p.dtype)
-        if is_c.sum() == 0:
-            continue
-        count += 1
-        tp = (p * is_c).sum()
-        term = logits.new_zeros(())
-        if p.sum() > 0:
-            term = term + _bce_to_one(tp / p.sum())
-        term = term + _bce_to_one(tp / is_c.sum())
-        if (1 - is_c).sum() > 0:
-            term = term + _bce_to_one(((1 - p) * (1 - is_c)).sum() / (1 - is_c).sum())
-        loss = loss + term
-    return loss / max(count, 1)
+    p = logits.movedim(1, -1)[mask].softmax(-1)  # (N, C): softmax of the kept voxels only
+    t = target[mask].long()
+    n = p.new_tensor(float(t.numel()))
+    count = torch.bincount(t, minlength=num_classes).to(p.dtype)  # voxels of each class
+    tp = p.new_zeros(num_classes).index_add_(0, t, p.gather(1, t[:, None])[:, 0])
+    p_sum = p.sum(0)
+    present = count > 0
+    precision = torch.where(p_sum > 0, _neg_log(tp / p_sum.clamp(min=1e-30)), p.new_zeros(()))
+    recall = _neg_log(tp / count.clamp(min=1.0))
+    negatives = n - count
+    true_negatives = (n - p_sum) - (count - tp)  # sum over voxels not of class c of (1 - p_c)
+    specificity = torch.where(negatives > 0, _neg_log(true_negatives / negatives.clamp(min=1.0)), p.new_zeros(()))
+    terms = (precision + recall + specificity) * present
+    return terms.sum() / present.sum().clamp(min=1)
 
 
 def geo_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
