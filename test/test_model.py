@@ -112,7 +112,7 @@ def test_tiny_configs_shapes_and_gradients(name):
     assert set(terms) >= {"ce", "sem_scal", "geo_scal", "semantic_2d", "proposal", "depth", "distill_feature"}
     terms["total"].backward()
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith(("backbone.stem", "backbone.layer1")) for n in frozen)
+    assert not frozen  # the tiny configs' ResNets have no weights file: random layers are never frozen
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
     zero = [n for n, p in model.named_parameters() if p.requires_grad and not p.grad.abs().sum() > 0]
@@ -282,3 +282,21 @@ def test_closed_form_inverse_and_fixed_shape_voxelisation():
     counts = voxelize_points(pts, grid)
     assert counts.shape == (1, 4, 4, 2) and counts.sum() == 3  # two outside points are dropped
     assert counts[0, 0, 0, 0] == 2 and counts[0, 3, 3, 1] == 1
+
+
+def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
+    from monoocc_ros.model.backbone import efficientnet_weights_file, make_backbone
+
+    state = torch.load(efficientnet_weights_file("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    net = make_backbone("efficientnet_lite0", 48, frozen_stages=1)
+    torch.testing.assert_close(net.stem[0].weight, state["_conv_stem.weight"])  # ImageNet, not random
+    torch.testing.assert_close(net.blocks[10]._project_conv.weight, state["_blocks.10._project_conv.weight"])
+    assert net.stem[1].eps == 1e-3 and not net.stem[1].weight.requires_grad  # frozen BatchNorm as trained
+    assert not any(p.requires_grad for p in net.blocks[1].parameters())  # stride-4 stage frozen
+    assert all(p.requires_grad for p in net.blocks[3].parameters())  # stride 8 onwards trains
+    assert len(net.blocks) == 11  # to block 10, the last at stride 16 (112 channels)
+    with torch.no_grad():
+        for h, w in ((188, 620), (376, 1241), (32, 64)):
+            assert net(torch.rand(1, 3, h, w)).shape == (1, 48, -(-h // 16), -(-w // 16))
+    resnet = make_backbone("resnet18", 48, frozen_stages=1)  # no weights file: random, so nothing frozen
+    assert all(p.requires_grad for p in resnet.parameters())

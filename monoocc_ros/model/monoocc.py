@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monoocc_ros.model.backbone import ImageBackbone
+from monoocc_ros.model.backbone import make_backbone
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.cross_view import CrossViewTransformer
 from monoocc_ros.model.head import OccupancyHead
@@ -36,7 +36,7 @@ class MonoOcc(nn.Module):
         self.cfg = cfg
         c = cfg.embed_dim
         self.current = cfg.frame_offsets.index(0)
-        self.backbone = ImageBackbone(cfg.backbone, c, cfg.backbone_weights, cfg.frozen_stages)
+        self.backbone = make_backbone(cfg.backbone, c, cfg.backbone_weights, cfg.frozen_stages)
         self.cross_view = (
             CrossViewTransformer(c, cfg.heads, cfg.cross_view_blocks, cfg.cross_view_window, cfg.dropout)
             if cfg.cross_view_blocks > 0
