@@ -144,6 +144,25 @@ def _build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
     bmodel.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
     bmodel.add_argument("--json", help="also write the figures to this JSON file")
+    bmem = bench_sub.add_parser(
+        "memory", help="peak memory of one training step and of inference per config (batch 1; RSS or CUDA peak)"
+    )
+    bmem.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="CONFIG:MODE",
+        help="e.g. student_small:train teacher_small:infer (default: student_tiny and student_small train and "
+        "infer, teacher_small infer)",
+    )
+    bmem.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    bmem.add_argument(
+        "--checkpointing", default="auto", choices=["auto", "on", "off"], help="as the trainer's option (default auto)"
+    )
+    bmem.add_argument("--attention-chunk", type=int, default=65536, help="queries per sampling chunk (default 65536)")
+    bmem.add_argument(
+        "--limit-gib", type=float, default=20.0, help="stop a run whose resident memory passes this (default 20)"
+    )
+    bmem.add_argument("--json", help="also write the rows to this JSON file")
     bsoak = bench_sub.add_parser("soak", help="a long replay through the node: memory growth and drops")
     bsoak.add_argument("--checkpoint", help="default: models/student_tiny.pt")
     bsoak.add_argument("--frames", type=int, default=1000)
@@ -259,6 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.benchmarks import node
 
         return node.main(args.checkpoint, args.frames, args.frames)
+    if args.command == "bench" and args.what == "memory":
+        from monoocc_ros.benchmarks import memory
+
+        runs = None
+        if args.runs:
+            runs = [tuple(r.split(":", 1)) if ":" in r else (r, "train") for r in args.runs]
+            bad = [f"{c}:{m}" for c, m in runs if m not in ("train", "infer")]
+            if bad:
+                print(f"monoocc bench memory: modes must be train or infer, got {bad}", file=sys.stderr)
+                return 2
+        return memory.main(runs, args.device, args.checkpointing, args.attention_chunk, args.limit_gib, args.json)
     if args.command == "bench" and args.what == "model":
         from monoocc_ros.benchmarks import model
 

@@ -48,3 +48,25 @@ def test_gpu_benchmark_runs_on_the_cpu_with_dataset_shapes():
     train = measure_training("student_tiny", "teacher_tiny", torch.device("cpu"), steps=1)
     assert len(train["losses"]) == 2 and all(np.isfinite(train["losses"]))
     assert train["config"] == "student_tiny + frozen teacher_tiny"
+
+
+def test_bench_memory_reports_a_step_and_stops_a_run_over_the_limit(tmp_path):
+    """`monoocc bench memory`: a student_tiny training step's peak (each run in its own process)
+    lies above the memory after building the model; a run over --limit-gib is stopped, not fatal."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "mem.json"
+    cmd = [sys.executable, "-m", "monoocc_ros.cli", "bench", "memory", "--runs", "student_tiny:train"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["mode"] == "train" and row["checkpointing"] == "off"  # auto: off for a 64x64x8 query grid
+    assert row["peak_GiB"] > row["model_GiB"] + 0.1  # activations, gradients and AdamW state on top
+    proc = subprocess.run([*cmd, "--limit-gib", "0.3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["stopped_above_GiB"] == 0.3 and "(stopped)" in proc.stdout
+    bad = subprocess.run([*cmd[:-1], "student_tiny:fly"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "modes must be train or infer" in bad.stderr

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from monoocc_ros.benchmarks.report import markdown_table
+from monoocc_ros.benchmarks.report import print_rows
 
 DEFAULT_CONFIGS = ("student_tiny", "teacher_tiny", "student_small", "teacher_small")
 # Paper-size configs take tens of seconds per CPU forward; fewer repeats keep the run bounded.
@@ -102,11 +102,7 @@ def main(configs: list[str] | None, device: str, repeats: int | None, half: bool
         else [r["config"], r["device"], "error: " + r["error"], "", "", "", "", "", ""]
         for r in rows
     ]
-    print(markdown_table(header, table))
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(rows, f, indent=2)
-    return 1 if any("error" in r for r in rows) else 0
+    return print_rows(header, table, rows, json_out)
 
 
 if __name__ == "__main__":

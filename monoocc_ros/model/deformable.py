@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monoocc_ros.model.export_friendly import softmax
+from monoocc_ros.model.memory import maybe_checkpoint
 
 
 class DeformableAttention(nn.Module):
@@ -29,7 +30,10 @@ class DeformableAttention(nn.Module):
     `spatial` shape (S = prod(spatial), C order, len(spatial) == ndim) -> (B, N, C).
     Values come as tokens, not as (B, C, *spatial), because both callers hold them that way and
     a layout round trip costs more than the attention on the CPU. `chunk` bounds peak memory by
-    processing queries in chunks (the result does not depend on it)."""
+    processing queries in chunks (the result does not depend on it); with `checkpointing` (see
+    `model/memory.py`) each chunk keeps only its inputs for backward."""
+
+    checkpointing = False
 
     def __init__(self, dim: int, heads: int, points: int, ndim: int = 2, chunk: int = 65536) -> None:
         super().__init__()
@@ -78,12 +82,19 @@ class DeformableAttention(nn.Module):
         v = self.value_proj(value)  # (B, S, C)
         v = v.view(b, -1, h, ch).permute(0, 2, 3, 1).reshape(b * h, ch, *spatial)
         size = torch.tensor(spatial[::-1], dtype=query.dtype, device=query.device)  # grid_sample order
-        if n <= self.chunk or torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export() or (n <= self.chunk and not self.checkpointing):
             # One pass, no slicing: an exported graph must not bake the traced N into slice bounds
             # (the number of proposed queries changes from frame to frame).
             return self.output_proj(self._sample(query, reference, v, size))
         outs = [
-            self._sample(query[:, s : s + self.chunk], reference[:, s : s + self.chunk], v, size)
+            maybe_checkpoint(
+                self.checkpointing,
+                self._sample,
+                query[:, s : s + self.chunk],
+                reference[:, s : s + self.chunk],
+                v,
+                size,
+            )
             for s in range(0, n, self.chunk)
         ]
         return self.output_proj(torch.cat(outs, 1))

@@ -14,10 +14,19 @@ import torch
 from torch import nn
 
 from monoocc_ros.model.export_friendly import upsample_trilinear
+from monoocc_ros.model.memory import maybe_checkpoint
 
 
 class OccupancyHead(nn.Module):
-    """(B, C, X, Y, Z) -> logits (B, num_classes, X*u, Y*u, Z*u), u = `upsample` (1 or 2)."""
+    """(B, C, X, Y, Z) -> logits (B, num_classes, X*u, Y*u, Z*u), u = `upsample` (1 or 2).
+
+    With `checkpointing` (model/memory.py) the paper's order (upsample, then LayerNorm + Linear
+    at the output grid) runs in slabs of SLAB output X-slices, each keeping only its input slices
+    for backward: the full-grid feature tensor (256x256x32x128 floats, 1 GiB, and as much again
+    after the LayerNorm) never exists at once."""
+
+    checkpointing = False
+    SLAB = 32  # output X-slices per slab
 
     def __init__(self, dim: int, num_classes: int, upsample: int, upsample_logits: bool = False) -> None:
         super().__init__()
@@ -36,5 +45,28 @@ class OccupancyHead(nn.Module):
         if self.upsample_logits:
             logits = self.linear(self.norm(voxels.permute(0, 2, 3, 4, 1))).permute(0, 4, 1, 2, 3)
             return self._up(logits)
+        if self.checkpointing and self.upsample == 2 and torch.is_grad_enabled():
+            return self._slabs(voxels)
         x = self.linear(self.norm(self._up(voxels).permute(0, 2, 3, 4, 1)))
+        return x.permute(0, 4, 1, 2, 3)
+
+    def _slabs(self, voxels: torch.Tensor) -> torch.Tensor:
+        """The same as the full path, slab by slab along X. Output slice i interpolates input
+        slices floor((i - 1) / 2) .. floor((i + 1) / 2) (align_corners=False, clamped), so a slab
+        of output slices [a, b) reads input slices [a // 2 - 1, (b + 1) // 2] (clamped) and the
+        upsampled halo is cut off again."""
+        nx = voxels.shape[2]
+        outs = []
+        for a in range(0, 2 * nx, self.SLAB):
+            b = min(a + self.SLAB, 2 * nx)
+            lo, hi = max(a // 2 - 1, 0), min((b + 1) // 2 + 1, nx)
+            outs.append(maybe_checkpoint(True, self._slab, voxels[:, :, lo:hi], a - 2 * lo, b - a))
+        return torch.cat(outs, 2)
+
+    def _slab(self, part: torch.Tensor, start: int, length: int) -> torch.Tensor:
+        # Interpolating a slab alone clamps at its own ends; rows next to a cut must instead see
+        # the neighbour slice, so the slab carries one input slice of halo on each cut side and
+        # only output rows whose two sources lie inside the slab are kept (`start`, `length`).
+        up = upsample_trilinear(part, 2)
+        x = self.linear(self.norm(up[:, :, start : start + length].permute(0, 2, 3, 4, 1)))
         return x.permute(0, 4, 1, 2, 3)

@@ -21,6 +21,7 @@ from torch import nn
 
 from monoocc_ros.geometry import GridSpec
 from monoocc_ros.model.deformable import DeformableAttention
+from monoocc_ros.model.memory import maybe_checkpoint
 
 
 def project_reference_points(
@@ -46,7 +47,10 @@ class FFN(nn.Sequential):
 
 class _PostNormLayer(nn.Module):
     """Deformable attention -> LayerNorm -> FFN -> LayerNorm, the block both layer kinds share;
-    `ndim` is the attention's sampling dimension (2: image features, 3: the voxel volume)."""
+    `ndim` is the attention's sampling dimension (2: image features, 3: the voxel volume). With
+    `checkpointing` (model/memory.py) a training forward keeps only the layer's inputs."""
+
+    checkpointing = False
 
     def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, dropout: float, ndim: int) -> None:
         super().__init__()
@@ -76,6 +80,9 @@ class CrossAttentionLayer(_PostNormLayer):
         feature_hw: tuple[int, int],
     ) -> torch.Tensor:
         """x, pos (B, N, C); ref (B, K, N, 2); visible (B, K, N); features (B*K, h*w, C) tokens."""
+        return maybe_checkpoint(self.checkpointing, self._forward, x, pos, ref, visible, features, feature_hw)
+
+    def _forward(self, x, pos, ref, visible, features, feature_hw) -> torch.Tensor:
         b, n, c = x.shape
         k = ref.shape[1]
         q = (x + pos).unsqueeze(1).expand(b, k, n, c).reshape(b * k, n, c)
@@ -100,6 +107,9 @@ class SelfAttentionLayer(_PostNormLayer):
         self, x: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shape: tuple[int, int, int]
     ) -> torch.Tensor:
         """x, pos (B, N, C) with N = X*Y*Z (C order); ref (N, 3) in grid_sample order (z, y, x)."""
+        return maybe_checkpoint(self.checkpointing, self._forward, x, pos, ref, shape)
+
+    def _forward(self, x, pos, ref, shape) -> torch.Tensor:
         b, n, _ = x.shape
         # x is already the volume's tokens in C order of (X, Y, Z): grid_sample's (D, H, W).
         out = self.attn(x + pos, ref.unsqueeze(0).expand(b, n, 3), x, shape)

@@ -43,6 +43,12 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between CSV/TensorBoard rows
     save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     model_overrides: dict | None = None  # model config keys to change (ablations), e.g. {icca_layers: 0}
+    # Memory vs speed (model/memory.py): activation checkpointing of the transformer layers, the
+    # sampling and the full-resolution head: auto (on for query grids over 65,536 voxels, i.e.
+    # student_small/teacher_small: a training step then fits a 12 GB card), on, or off; and how
+    # many queries the deformable sampling processes at once. Same values and gradients either way.
+    checkpointing: str = "auto"
+    attention_chunk: int = 65536
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -57,6 +63,10 @@ class TrainConfig:
                 raise bad(key, "must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be >= 1 when given")
+        if self.checkpointing not in ("auto", "on", "off"):
+            raise bad("checkpointing", f"must be auto, on or off, got {self.checkpointing!r}")
+        if self.attention_chunk < 1:
+            raise bad("attention_chunk", "must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_iters < 0:
             raise bad("lr/weight_decay/grad_clip/warmup_iters", "must be positive (lr) or >= 0")
 
