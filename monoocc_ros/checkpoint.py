@@ -10,6 +10,7 @@ mismatched keys).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,31 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars and arrays, tuples and paths turned into Python ints, floats,
+    lists and strings (tensors kept): what `torch.load(weights_only=True)` reads without running
+    any code. Metrics computed with numpy are numpy floats until they pass through here."""
+    import numpy as np
+
+    if isinstance(value, np.generic):  # before float: numpy.float64 is a float subclass
+        return value.item()
+    if isinstance(value, torch.Tensor | str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights: dict, **extra: Any) -> None:
     """Write atomically (temporary file + rename), so an interrupted save never leaves a
-    truncated checkpoint where a good one was."""
+    truncated checkpoint where a good one was. Everything but tensors is stored as plain Python
+    values, so that loading never needs to unpickle code (`load_checkpoint`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -50,7 +73,7 @@ def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights:
         "class_names": list(CLASS_NAMES),
         "weights": weights,
         "code_version": code_version(),
-        **extra,
+        **{k: plain(v) for k, v in extra.items()},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -58,12 +81,25 @@ def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; returns the dict with `model_config` as a ModelConfig."""
+    """Read and validate a checkpoint; returns the dict with `model_config` as a ModelConfig.
+
+    Read with `weights_only=True`: tensors and plain Python values only. A checkpoint is data
+    from anywhere (the node's `checkpoint` parameter can be set by any process on the DDS
+    domain), and a pickle that names any other Python object is refused unread: nothing in it
+    runs."""
+    import pickle
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=False)
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc)))) or ["a Python object"]
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds {', '.join(names)} besides tensors and plain values, and "
+            "loading it could run code; re-save it from a trusted copy with monoocc_ros.checkpoint.save_checkpoint"
+        ) from None
     except Exception as exc:  # torch raises several types for corrupt / truncated files
         raise CheckpointError(
             f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: {exc.__class__.__name__}: {exc}; "
