@@ -87,6 +87,8 @@ def test_labels_come_from_accumulated_returns_and_unseen_space_is_invalid():
     face = labels[tuple(g.points_to_indices(wall)[0].T)]
     assert (face == W.BUILDING).mean() > 0.9  # the street-facing wall, hit by the drive's scans
     assert labels[at(10, 0, -1.0)] == 0 and not invalid[at(10, 0, -1.0)]  # air over the road: empty, observed
+    # Air at the volume's side, crossed only by rays whose returns lie beyond the volume: observed.
+    assert labels[at(30, -25, -1.0)] == 0 and not invalid[at(30, -25, -1.0)]
     assert labels[at(10, -2, -1.7)] == W.ROAD and not invalid[at(10, -2, -1.7)]
     assert not (invalid & (labels > 0)).any()
     assert not invalid[:, :, 1][labels[:, :, 1] == W.ROAD].any()

@@ -73,12 +73,24 @@ def reference_class_share() -> np.ndarray:
     return 100 * occupied / occupied.sum()
 
 
-def in_view_mask(calib: dict[str, np.ndarray]) -> np.ndarray:
-    """(X, Y, Z) bool: voxel centres projecting inside image_2 in front of the camera."""
+def in_view_mask(calib: dict[str, np.ndarray], size: tuple[int, int] = (IMAGE_WIDTH, IMAGE_HEIGHT)) -> np.ndarray:
+    """(X, Y, Z) bool: voxel centres projecting inside image_2 (`size` = width, height) in front
+    of the camera."""
     uv, depth = project_points(
         SEMANTIC_KITTI_GRID.voxel_centers().reshape(-1, 3), lidar_projection(calib["P2"], calib["Tr"])
     )
-    return ((depth > 0) & in_image(uv, IMAGE_WIDTH, IMAGE_HEIGHT)).reshape(SEMANTIC_KITTI_GRID.shape)
+    return ((depth > 0) & in_image(uv, *size)).reshape(SEMANTIC_KITTI_GRID.shape)
+
+
+def image_size(folder: Path) -> tuple[int, int]:
+    """(width, height) of a sequence's first image_2 file (KITTI's sizes vary by sequence)."""
+    from PIL import Image
+
+    first = next(iter(sorted((folder / "image_2").glob("*.png"))), None)
+    if first is None:
+        return IMAGE_WIDTH, IMAGE_HEIGHT
+    with Image.open(first) as img:
+        return img.size
 
 
 def split_statistics(root: str | Path, sequences: tuple[str, ...], every: int = 1, progress: bool = True):
@@ -89,7 +101,7 @@ def split_statistics(root: str | Path, sequences: tuple[str, ...], every: int = 
     for s in sequences:
         folder = Path(root) / "sequences" / s
         calib = F.read_calib(folder / "calib.txt")
-        view = in_view_mask(calib)
+        view = in_view_mask(calib, image_size(folder))
         labels = sorted((folder / "voxels").glob("*.label"))[::every]
         stems += [(p.with_suffix(""), view) for p in labels]
     if not stems:

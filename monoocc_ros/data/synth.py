@@ -189,25 +189,27 @@ class SequenceRenderer:
             t_hit, prim, _ = _cast(self._static_scene, origin, dirs)
             ok = np.flatnonzero(np.isfinite(t_hit))
             box = self._static[prim[ok] // 12]
-            rng_ok = foliage_returns(b, box, b.center, b.yaw, origin, dirs[ok], t_hit[ok], rng)
-            keep = (rng_ok >= MIN_RANGE) & (rng_ok <= MAX_RANGE)
-            scans.append((origin, origin + dirs[ok[keep]] * rng_ok[keep, None], b.label[box[keep]]))
+            t_hit[ok] = foliage_returns(b, box, b.center, b.yaw, origin, dirs[ok], t_hit[ok], rng)
+            keep = (t_hit[ok] >= MIN_RANGE) & (t_hit[ok] <= MAX_RANGE)
+            scans.append((origin, origin + dirs[ok[keep]] * t_hit[ok[keep], None], b.label[box[keep]]))
             if i % 2 == 0:  # lines of sight: every other pose is dense enough for free space
-                sight.append((origin, self._lines_of_sight(origin, pose[:3, :3], dirs, t_hit)))
+                unused = np.ones(len(t_hit), bool)
+                unused[ok[keep]] = False
+                sight.append((origin, self._lines_of_sight(origin, pose[:3, :3], dirs[unused], t_hit[unused])))
         written = self.traj.poses[self.traj.first : self.traj.first + self.traj.written]
         self._labeler = FrameLabeler(accumulate(scans, written, self.grid, sight), self.grid)
 
     def _lines_of_sight(self, origin: np.ndarray, rot: np.ndarray, beams: np.ndarray, t_beam: np.ndarray):
-        """Ends of the free segments seen from a pose beyond its returns: beams without a return
-        (open sky over a field) and upward directions above the beams, each up to the first
-        surface or 80 m. Why: SemanticKITTI's `.invalid` marks what no scan position could see
-        (line of sight through the accumulated scans), so air above the beams' reach is
-        observed empty there, not invalid; surfaces reached only this way get no class."""
+        """Ends of the free segments seen from a pose beyond its kept returns: beams without a
+        return or with one outside 2.5-70 m (`beams`, `t_beam`: inf for none), and upward
+        directions above the beams, each up to the first surface or 80 m. Why: SemanticKITTI's
+        `.invalid` marks what no scan position could see (line of sight through the accumulated
+        scans), so air above the beams' reach is observed empty there, not invalid; surfaces
+        reached only this way get no class."""
         up = self._sight_dirs @ np.ascontiguousarray(rot.T)
         t_up, _, _ = _cast(self._static_scene, origin, up)
-        miss = ~np.isfinite(t_beam)
-        dirs = np.concatenate([beams[miss], up])
-        t = np.concatenate([np.full(int(miss.sum()), SCAN_RANGE), np.minimum(t_up, SCAN_RANGE)])
+        dirs = np.concatenate([beams, up])
+        t = np.minimum(np.concatenate([t_beam, t_up]), SCAN_RANGE)
         return origin + dirs * t[:, None]
 
     def _frame_scene(self, t: float, pose: np.ndarray):

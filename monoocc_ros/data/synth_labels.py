@@ -192,21 +192,30 @@ def accumulate(
     the volumes of `frame_poses` (the written frames)."""
     lo, hi = world_region(frame_poses, grid)
     res = grid.resolution
-    # z as the frame grid's (the ground is flat and the poses level, so layers line up exactly).
+    # x/y snapped to the resolution; z as the frame grid's (the ground is flat and the poses
+    # level, so z layers line up exactly with every frame's).
+    lo = np.floor(lo / res) * res
     origin = np.array([lo[0], lo[1], grid.origin[2]])
     shape = (int(np.ceil((hi[0] - lo[0]) / res)), int(np.ceil((hi[1] - lo[1]) / res)), grid.shape[2])
     free = np.zeros(shape, np.uint8)
     points, labels = [], []
     for sensor, pts, cls in scans:
-        near = (pts[:, 0] > lo[0] - 1) & (pts[:, 0] < hi[0] + 1) & (pts[:, 1] > lo[1] - 1) & (pts[:, 1] < hi[1] + 1)
-        pts, cls = pts[near], cls[near]
+        # Every ray carves (one crossing the region to a return beyond it too); only returns
+        # near the region are kept as labels.
         _carve(free, origin, res, np.asarray(sensor, np.float64), pts.astype(np.float64))
-        points.append(pts.astype(np.float32))
-        labels.append(cls.astype(np.uint8))
+        near = (pts[:, 0] > lo[0] - 1) & (pts[:, 0] < hi[0] + 1) & (pts[:, 1] > lo[1] - 1) & (pts[:, 1] < hi[1] + 1)
+        points.append(pts[near].astype(np.float32))
+        labels.append(cls[near].astype(np.uint8))
     for sensor, ends in sight:
         _carve(free, origin, res, np.asarray(sensor, np.float64), np.ascontiguousarray(ends, np.float64))
     pts = np.concatenate(points) if points else np.zeros((0, 3), np.float32)
     cls = np.concatenate(labels) if labels else np.zeros(0, np.uint8)
+    # A world cell holding a return straddles a surface (a ray grazing its front part marked it
+    # free); frame voxels are looked up at their centres, and one whose centre lies behind the
+    # surface in such a cell must not read as observed empty: cells with returns are not free.
+    idx = np.floor((pts - origin) / res).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
+    free[tuple(idx[inside].T)] = 0
     pts, cls, index = _dedupe_by_tile(pts, cls)
     return Accumulation(pts, cls, index, free, origin, res)
 
@@ -217,7 +226,8 @@ DEDUPE = 0.05  # m: returns of one class within one such cell count once (see _d
 @njit(cache=True)
 def _dedupe_keys(pts, cls, tile, cell):  # pragma: no cover - compiled
     """int64 sort keys: tile x, tile y (11 bits each), cell x, y within the tile (8 bits each),
-    cell z (8 bits, from 4 m below the sensor), class (15 bits)."""
+    cell z (8 bits, from 4 m below the sensor), class (15 bits). `accumulate` checks the ranges:
+    tiles within +-13 km, z within -4..8.8 m of the sensor."""
     key = np.empty(pts.shape[0], np.int64)
     for i in range(pts.shape[0]):
         tx = np.floor(pts[i, 0] / tile)
@@ -230,6 +240,13 @@ def _dedupe_keys(pts, cls, tile, cell):  # pragma: no cover - compiled
 
 
 def _dedupe_by_tile(pts: np.ndarray, cls: np.ndarray):
+    if len(pts) and (np.abs(pts[:, :2]).max() >= 1024 * Accumulation.TILE or not (-4 <= pts[:, 2]).all()
+                     or not (pts[:, 2] < 8.8).all()):  # fmt: skip
+        raise ValueError("returns outside the dedupe key's range (+-13 km, -4..8.8 m): see _dedupe_keys")
+    return _dedupe_sorted(pts, cls)
+
+
+def _dedupe_sorted(pts: np.ndarray, cls: np.ndarray):
     """Sorts returns by world tile (so a frame reads only the tiles near it) and keeps one return
     per (5 cm cell, class). Why: near each pose the scans put hundreds of returns in a voxel;
     counting each surface cell once makes the majority vote weigh surface area, not how often a
