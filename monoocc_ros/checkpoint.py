@@ -55,10 +55,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    return value
+    # Anything else would be saved but refused by load_checkpoint, found only at --resume.
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint: tensors and plain values only")
 
 
 def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights: dict, **extra: Any) -> None:
@@ -94,15 +95,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc)))) or ["a Python object"]
-        raise CheckpointError(
-            f"checkpoint {path} was refused: it holds {', '.join(names)} besides tensors and plain values, and "
-            "loading it could run code; re-save it from a trusted copy with monoocc_ros.checkpoint.save_checkpoint"
-        ) from None
     except Exception as exc:  # torch raises several types for corrupt / truncated files
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        if isinstance(exc, pickle.UnpicklingError) and names:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it holds {', '.join(names) or 'a Python object'} besides tensors "
+                "and plain values, and loading it could run code; re-save it from a trusted copy with "
+                "monoocc_ros.checkpoint.save_checkpoint"
+            ) from None
+        reason = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n|$)", str(exc))
+        detail = reason.group(1) if reason else str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
-            f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: {exc.__class__.__name__}: {exc}; "
+            f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: {exc.__class__.__name__}: {detail}; "
             "is it truncated or not a monoocc_ros checkpoint?"
         ) from exc
     if not isinstance(data, dict) or "weights" not in data or "model_config" not in data:

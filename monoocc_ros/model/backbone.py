@@ -96,16 +96,20 @@ class EfficientNetLiteBackbone(nn.Module):
     """EfficientNet-Lite to its last stride-16 block (Lite0: block 10, 112 channels) + FPN:
     (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16)).
 
-    The image is normalised as the weights were trained ((x*255 - 127) / 128) and zero-padded to
-    a multiple of 32 (the convolutions' 'same' padding is fixed for such sizes); the features
-    of the padding are cropped off, so feature cell (i, j) covers pixels [16i, 16i + 16) as
-    with the ResNets and projections need no change."""
+    The image is normalised as the weights were trained ((x*255 - 127) / 128) and zero-padded at
+    the bottom/right to a multiple of 32 (the convolutions' 'same' padding is fixed for such
+    sizes); the features of the padding are cropped off, leaving ceil(H/16) x ceil(W/16) cells
+    as with the ResNets. A cell's centre sits at about pixel 16i + 15 here (TF-style padding
+    pads bottom/right) and 16i for a ResNet, where the attention assumes 16i + 7.5: a constant
+    shift of under a cell that the learned sampling offsets absorb."""
 
     def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
-        net = EfficientNet.from_name(name.replace("_", "-"))
+        # 'same' padding is fixed when built, for `image_size`: a multiple of 32 (Lite2's default
+        # 260 px would pad its stride-2 convolutions for odd sizes and shift the features).
+        net = EfficientNet.from_name(name.replace("_", "-"), image_size=256)
         path = Path(weights) if weights else efficientnet_weights_file(name)
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights {path} do not exist")
