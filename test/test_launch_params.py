@@ -110,3 +110,26 @@ def test_node_help_and_bad_parameter_at_startup():
     assert (
         "invalid parameters: device must be auto, cpu, cuda or cuda:N, got 'tpu'; sync_slop must be >= 0" in bad.stderr
     )
+
+
+def test_cuda_only_settings_without_cuda_refuse_to_start():
+    from monoocc_ros.ros.node import cuda_errors
+
+    assert cuda_errors({"device": "cuda", "half_precision": False}, cuda_available=True) == []
+    assert cuda_errors({"device": "auto", "half_precision": True}, cuda_available=True) == []
+    assert "device 'cuda:1' needs CUDA" in cuda_errors({"device": "cuda:1"}, cuda_available=False)[0]
+    assert "half_precision needs CUDA" in cuda_errors({"device": "auto", "half_precision": True}, False)[0]
+    assert "but device is cpu" in cuda_errors({"device": "cpu", "half_precision": True}, True)[0]
+    assert cuda_errors({"device": "auto", "half_precision": False}, cuda_available=False) == []
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the node would start")
+    bad = subprocess.run(
+        [sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args", "-p", "device:=cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "invalid parameters: device 'cuda' needs CUDA, which this machine does not have" in bad.stderr

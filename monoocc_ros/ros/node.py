@@ -107,6 +107,23 @@ def validate_params(values: dict[str, Any]) -> list[str]:
     return errors
 
 
+def cuda_errors(values: dict[str, Any], cuda_available: bool) -> list[str]:
+    """Start-up settings that need CUDA where there is none. Checked before the node comes up:
+    `device` and `half_precision` are read-only, so a node started with them would lock them
+    and never serve; it refuses to start instead (exit 2, one line)."""
+    device = str(values.get("device", "auto"))
+    errors = []
+    if values.get("half_precision") and device == "cpu":
+        errors.append("half_precision needs CUDA (fp16 autocast) but device is cpu")
+    if cuda_available:
+        return errors
+    if device.startswith("cuda"):
+        errors.append(f"device {device!r} needs CUDA, which this machine does not have (use auto or cpu)")
+    if values.get("half_precision") and device != "cpu":
+        errors.append("half_precision needs CUDA (fp16 autocast), which this machine does not have")
+    return errors
+
+
 def usage() -> str:
     lines = [
         "usage: occupancy_node [--help] [--ros-args --params-file config/occ.yaml -r ~/input/image:=TOPIC ...]",
@@ -155,7 +172,9 @@ def _make_node_class():
                     p.name, p.default, ParameterDescriptor(description=p.description, read_only=not p.runtime)
                 )
             values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
-            errors = validate_params(values)
+            import torch
+
+            errors = validate_params(values) + cuda_errors(values, torch.cuda.is_available())
             if errors:
                 raise ValueError("invalid parameters: " + "; ".join(errors))
             self.values = values
