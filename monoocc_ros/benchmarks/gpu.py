@@ -101,12 +101,11 @@ def measure_inference(name: str, dev: torch.device, half: bool, runs: int) -> di
 
 def measure_training(name: str, teacher: str | None, dev: torch.device, steps: int) -> dict:
     """Peak memory and step time of forward + loss + backward + AdamW step at batch 1, AMP on CUDA."""
-    from monoocc_ros.model.memory import resolve_checkpointing, set_memory_saving
+    from monoocc_ros.model.memory import configure_memory
 
     torch.manual_seed(0)
     model = MonoOcc(load_named_config(name)).to(dev).train()
-    # As the trainer's default (checkpointing: auto): on for the paper-size query grid.
-    set_memory_saving(model, resolve_checkpointing("auto", int(np.prod(model.cfg.query_grid.shape))))
+    configure_memory(model, "auto")  # as the trainer's default: on for the paper-size query grid
     teacher_model = MonoOcc(load_named_config(teacher)).to(dev).eval() if teacher else None
     loss_fn = MonoOccLoss(model.cfg.loss).to(dev)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.01)

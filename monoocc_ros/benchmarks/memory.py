@@ -3,8 +3,9 @@
 A training step is what the trainer runs: forward, every loss term (distillation included for a
 student, against teacher features given as a tensor, as a feature cache would give them: the
 frozen teacher need not share the card), backward and an AdamW step. Inference is a forward
-without gradients. Random weights and a KITTI-size frame (1241x376) prepared as the node does;
-targets are random labels of the grid's shape (memory does not depend on their values).
+without gradients. Random weights, a KITTI-size frame prepared as the node does and the
+Dataset's supervision shapes (`benchmarks/gpu.py`: `inputs`, `made_up_batch`; memory does not
+depend on the values).
 
 Each measurement runs in its own process, so its peak belongs to it alone: on the CPU the
 process's peak resident memory (`ru_maxrss`; a fair proxy for the activations a GPU must hold),
@@ -21,8 +22,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 from monoocc_ros.benchmarks.report import print_rows
 
 DEFAULT_RUNS = (
@@ -35,52 +34,23 @@ DEFAULT_RUNS = (
 GIB = 2**30
 
 
-def _fake_batch(cfg, out: dict, dev) -> dict:
-    """Targets in the Dataset's keys and shapes, with some ignored voxels (255)."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    batch = {}
-    for scale, shape in (
-        (cfg.output_scale, out["logits"].shape[2:]),
-        (cfg.query_scale, out["proposal_logits"].shape[1:]),
-    ):
-        t = torch.randint(0, 20, (1, *shape), generator=g)
-        t[torch.rand(t.shape, generator=g) < 0.3] = 255
-        batch[_key(scale)] = t.to(dev)
-    h2, w2 = out["depth"].shape[1:]
-    batch["labels_2d"] = torch.randint(0, 20, (1, h2, w2), generator=g).to(dev)
-    batch["depth_2d"] = (torch.rand(1, h2, w2, generator=g) * 40).to(dev)
-    return batch
-
-
-def _key(scale: int) -> str:
-    from monoocc_ros.trainer.engine import target_key
-
-    return target_key(scale)
-
-
 def measure(name: str, mode: str, device: str, checkpointing: str, chunk: int) -> dict:
     import torch
 
-    from monoocc_ros.geometry import KITTI_CALIB
-    from monoocc_ros.inference import prepare_input, resolve_device
+    from monoocc_ros.benchmarks.gpu import inputs, made_up_batch
+    from monoocc_ros.inference import resolve_device
     from monoocc_ros.model.config import load_named_config
     from monoocc_ros.model.losses import MonoOccLoss
-    from monoocc_ros.model.memory import resolve_checkpointing, set_memory_saving
+    from monoocc_ros.model.memory import configure_memory
     from monoocc_ros.model.monoocc import MonoOcc
+    from monoocc_ros.trainer.engine import target_key
 
     dev = resolve_device(device)
     cfg = load_named_config(name)
     torch.manual_seed(0)
     model = MonoOcc(cfg).to(dev).train(mode == "train")
-    saving = resolve_checkpointing(checkpointing, int(np.prod(cfg.query_grid.shape)))
-    set_memory_saving(model, saving, chunk)
-    image = np.random.default_rng(0).integers(0, 255, (376, 1241, 3), dtype=np.uint8)
-    prep = prepare_input(cfg, image, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
-    k = len(cfg.frame_offsets)
-    img = torch.from_numpy(prep.image)[None, None].expand(1, k, -1, -1, -1).contiguous().to(dev)
-    proj = torch.from_numpy(prep.projection)[None, None].expand(1, k, 3, 4).contiguous().to(dev)
+    saving = configure_memory(model, checkpointing, chunk)
+    img, proj = inputs(cfg, 1, dev)
     cuda = dev.type == "cuda"
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
     if cuda:
@@ -94,12 +64,12 @@ def measure(name: str, mode: str, device: str, checkpointing: str, chunk: int) -
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             scaler = torch.amp.GradScaler("cuda", enabled=cuda)
             out = model(img, proj)
-            batch = _fake_batch(cfg, out, dev)
+            batch = made_up_batch(cfg, 1, dev)
             teacher = None  # a student distils from cached teacher features: a tensor, no teacher model
             if not cfg.is_teacher:
                 teacher = {"voxel_features": torch.randn_like(out["voxel_features"]), "logits": out["logits"].detach()}
             loss_fn = MonoOccLoss(cfg.loss).to(dev)
-            terms = loss_fn(out, batch, _key(cfg.output_scale), _key(cfg.query_scale), teacher)
+            terms = loss_fn(out, batch, target_key(cfg.output_scale), target_key(cfg.query_scale), teacher)
             scaler.scale(terms["total"].float()).backward()
             scaler.step(optimizer)
             scaler.update()

@@ -18,6 +18,7 @@ gradient, so a class is not a function of colour alone.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -36,9 +37,13 @@ from monoocc_ros.data.synth_labels import (
     lidar_directions,
     sight_directions,
 )
-from monoocc_ros.data.synth_world import (  # noqa: F401 (CAR re-exported for tests)
+from monoocc_ros.data.synth_world import (
     CAR,
     FRAME_PERIOD,
+    PARKING,
+    ROAD,
+    SIDEWALK,
+    SIGN,
     VEGETATION,
     Boxes,
     World,
@@ -55,7 +60,7 @@ from monoocc_ros.geometry import (
 )
 
 _SUN = np.array([0.4, 0.3, 0.85]) / np.linalg.norm([0.4, 0.3, 0.85])
-_REFLECTANCE = {9: 0.25, 10: 0.25, 11: 0.3, 19: 0.9, 1: 0.4}  # road, parking, sidewalk, sign, car
+_REFLECTANCE = {ROAD: 0.25, PARKING: 0.25, SIDEWALK: 0.3, SIGN: 0.9, CAR: 0.4}
 SCAN_RANGE = 80.0  # m: the written scan keeps returns within this range, as a Velodyne
 
 
@@ -137,14 +142,7 @@ def foliage_returns(
     return out
 
 
-_SCAN_GEOMETRY: dict[GridSpec, ScanGeometry] = {}
-
-
-def _scan_geometry(grid: GridSpec) -> ScanGeometry:
-    """One ScanGeometry per grid for the process (the same for every sequence)."""
-    if grid not in _SCAN_GEOMETRY:
-        _SCAN_GEOMETRY[grid] = ScanGeometry(grid)
-    return _SCAN_GEOMETRY[grid]
+_scan_geometry = functools.cache(ScanGeometry)  # one per grid for the process: the same for every sequence
 
 
 class SequenceRenderer:

@@ -23,12 +23,14 @@ return of the beam nearest to their direction), as in SemanticKITTI.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import njit, prange
 
+from monoocc_ros.classes import NUM_CLASSES
 from monoocc_ros.geometry import GridSpec
 
 # numba's OpenMP/TBB layers keep their threads spinning after a parallel loop, which starves
@@ -37,29 +39,30 @@ from monoocc_ros.geometry import GridSpec
 numba.config.THREADING_LAYER = "workqueue"
 
 MIN_RANGE, MAX_RANGE = 2.5, 70.0  # the official voxelizer's point range (metres from the sensor)
-NUM_CLASSES = 20
-
-
+BEAMS = (-24.8, 2.0, 64)  # HDL-64-like: lowest and highest beam elevation (degrees), beam count
 ACCUMULATION_AZIMUTHS = 1024  # half the written scan's: ~200 poses per sequence fill in the rest
 
 
-def lidar_directions(beams: int = 64, azimuths: int = 2048) -> np.ndarray:
-    """Unit directions (beams*azimuths, 3) of an HDL-64-like scanner: -24.8..+2 degrees."""
-    el = np.deg2rad(np.linspace(-24.8, 2.0, beams))
-    az = np.linspace(-np.pi, np.pi, azimuths, endpoint=False)
-    el, az = np.meshgrid(el, az, indexing="ij")
+def _directions(elevations: np.ndarray, azimuths: int) -> np.ndarray:
+    """Unit directions (rows*azimuths, 3), elevation-major, azimuths from -pi."""
+    el, az = np.meshgrid(elevations, np.linspace(-np.pi, np.pi, azimuths, endpoint=False), indexing="ij")
     return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
+
+
+def lidar_directions(azimuths: int = 2048) -> np.ndarray:
+    """Unit directions (beams*azimuths, 3) of the simulated scanner (`BEAMS`)."""
+    low, high, beams = BEAMS
+    return _directions(np.deg2rad(np.linspace(low, high, beams)), azimuths)
 
 
 def sight_directions(top: float = 40.0, azimuths: int = 1024) -> np.ndarray:
     """Unit directions above the scanner's beams (+2 degrees) up to `top` degrees, rows spaced so
     that where a row leaves the grid's top (4.4 m above the sensor) neighbouring rows are about a
     voxel apart (spacing proportional to tan(elevation))."""
-    rows = [np.deg2rad(2.4)]
+    rows = [np.deg2rad(BEAMS[1] + 0.4)]
     while rows[-1] < np.deg2rad(top):
         rows.append(rows[-1] + 0.045 * np.tan(rows[-1]))
-    el, az = np.meshgrid(np.array(rows), np.linspace(-np.pi, np.pi, azimuths, endpoint=False), indexing="ij")
-    return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
+    return _directions(np.array(rows), azimuths)
 
 
 @njit(parallel=True, cache=True)
@@ -334,14 +337,12 @@ def box_shells(
     return out, inside & (out == 0)
 
 
-_CENTRES: dict[GridSpec, np.ndarray] = {}
-
-
+@functools.cache
 def voxel_centres(grid: GridSpec) -> np.ndarray:
-    """(X*Y*Z, 3) float64 voxel centres, computed once per grid."""
-    if grid not in _CENTRES:
-        _CENTRES[grid] = grid.voxel_centers().reshape(-1, 3).astype(np.float64)
-    return _CENTRES[grid]
+    """(X*Y*Z, 3) float64 voxel centres, computed once per grid (read-only)."""
+    centres = grid.voxel_centers().reshape(-1, 3).astype(np.float64)
+    centres.setflags(write=False)
+    return centres
 
 
 class ScanGeometry:
@@ -349,12 +350,13 @@ class ScanGeometry:
     column (-1 outside the beams) and range. The LiDAR sits at the grid frame's origin in every
     frame, so this is computed once and each frame's occlusion test is a gather."""
 
-    def __init__(self, grid: GridSpec, beams: int = 64, azimuths: int = 2048) -> None:
+    def __init__(self, grid: GridSpec, azimuths: int = 2048) -> None:
+        low, high, beams = BEAMS
         c = voxel_centres(grid)
         self.range = np.linalg.norm(c, axis=1)
         el = np.arcsin(c[:, 2] / self.range)
-        step = np.deg2rad(2.0 + 24.8) / (beams - 1)
-        row = np.rint((el - np.deg2rad(-24.8)) / step).astype(np.int64)
+        step = np.deg2rad(high - low) / (beams - 1)
+        row = np.rint((el - np.deg2rad(low)) / step).astype(np.int64)
         col = np.rint((np.arctan2(c[:, 1], c[:, 0]) + np.pi) / (2 * np.pi) * azimuths).astype(np.int64) % azimuths
         inside = (row >= 0) & (row < beams)
         self.flat = np.where(inside, row * azimuths + col, -1)

@@ -45,6 +45,16 @@ def resolve_checkpointing(mode: str, query_voxels: int) -> bool:
     return mode == "on" or (mode == "auto" and query_voxels > AUTO_THRESHOLD)
 
 
+def configure_memory(model: nn.Module, mode: str = "auto", chunk: int = DEFAULT_CHUNK) -> bool:
+    """Apply a checkpointing mode (`auto`, `on`, `off`) to a MonoOcc model, `auto` judged by its
+    own query grid, as the trainer does; returns whether checkpointing is on."""
+    import math
+
+    enabled = resolve_checkpointing(mode, math.prod(model.cfg.query_grid.shape))
+    set_memory_saving(model, enabled, chunk)
+    return enabled
+
+
 def set_memory_saving(model: nn.Module, checkpointing: bool, chunk: int = DEFAULT_CHUNK) -> None:
     """Switch every checkpointable piece of `model` on or off and set the sampling chunk."""
     from monoocc_ros.model.deformable import DeformableAttention

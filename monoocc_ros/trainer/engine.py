@@ -43,7 +43,7 @@ from monoocc_ros.inference import network_input_size, resolve_device
 from monoocc_ros.metrics import SSCMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
-from monoocc_ros.model.memory import resolve_checkpointing, set_memory_saving
+from monoocc_ros.model.memory import configure_memory
 from monoocc_ros.model.monoocc import MonoOcc
 from monoocc_ros.trainer.config import TrainConfig
 
@@ -254,8 +254,7 @@ def train(
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = MonoOcc(model_cfg).to(dev)
-    query_voxels = math.prod(model_cfg.query_grid.shape)
-    set_memory_saving(model, resolve_checkpointing(cfg.checkpointing, query_voxels), cfg.attention_chunk)
+    configure_memory(model, cfg.checkpointing, cfg.attention_chunk)
     loss_fn = MonoOccLoss(model_cfg.loss).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
