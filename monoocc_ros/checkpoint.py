@@ -9,6 +9,7 @@ mismatched keys).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -26,6 +27,15 @@ FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable, incomplete or does not match what is asked of it."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's content (what caches derived from a checkpoint are keyed by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def code_version() -> str:

@@ -163,6 +163,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--limit-gib", type=float, default=20.0, help="stop a run whose resident memory passes this (default 20)"
     )
     bmem.add_argument("--json", help="also write the rows to this JSON file")
+    btrain = bench_sub.add_parser(
+        "train", help="ms per training step: teacher, undistilled student, distilled with live or cached teacher"
+    )
+    btrain.add_argument("--data", default="data/benchmark", help="dataset root (default data/benchmark)")
+    btrain.add_argument("--sequence", default="00", help="the sequence whose frames are trained on (default 00)")
+    btrain.add_argument("--steps", type=int, default=20, help="steps timed per row (default 20)")
+    btrain.add_argument("--warmup", type=int, default=3, help="steps not timed first (default 3)")
+    btrain.add_argument("--json", help="also write the figures to this JSON file")
     bsoak = bench_sub.add_parser("soak", help="a long replay through the node: memory growth and drops")
     bsoak.add_argument("--checkpoint", help="default: models/student_tiny.pt")
     bsoak.add_argument("--frames", type=int, default=1000)
@@ -266,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         from monoocc_ros.benchmarks import backends
 
         return backends.run(args.checkpoint, args.frames, args.e2e_frames, args.json)
+    if args.command == "bench" and args.what == "train":
+        from monoocc_ros.benchmarks import train as train_bench
+
+        return train_bench.run(args.data, args.sequence, args.steps, args.warmup, args.json)
     if args.command == "bench" and args.what == "soak":
         from monoocc_ros.benchmarks import soak
 

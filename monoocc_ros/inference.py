@@ -43,6 +43,8 @@ from monoocc_ros.geometry import (
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.paths import cache_dir
 
+Grid = tuple[torch.Tensor, torch.Tensor]  # labels (1, X, Y, Z) uint8, confidence (1, X, Y, Z) float32
+
 # The camera models are trained for: KITTI's image_2 (the synthetic world renders with it too).
 TRAIN_FOCAL = float(KITTI_CALIB["P2"][0, 0])  # px
 TRAIN_CENTER = (float(KITTI_CALIB["P2"][0, 2]), float(KITTI_CALIB["P2"][1, 2]))  # px (cx, cy)
@@ -170,12 +172,12 @@ class TorchBackend:
         return f"torch on {self.device}{' (fp16)' if self.half else ''}"
 
     @torch.inference_mode()
-    def logits(self, prepared: Prepared) -> torch.Tensor:
+    def grid(self, prepared: Prepared) -> Grid:
         img = torch.from_numpy(prepared.image)[None, None].to(self.device)
         proj = torch.from_numpy(prepared.projection)[None, None].to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            out = self.model.occupancy_logits(img, proj)
-        return out.float()
+            labels, confidence = self.model.predict_grid(img, proj)
+        return labels, confidence.float()
 
 
 def onnxruntime_providers(device: str) -> list[str | tuple[str, dict]]:
@@ -250,16 +252,18 @@ class OnnxRuntimeBackend:
         names = (tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs()))
         if names != (INPUTS, OUTPUTS):
             raise ExportError(f"{path} has inputs/outputs {names}, expected {(INPUTS, OUTPUTS)}")
-        self.cfg, self.input_size, self.path = info.config, info.image_size, path
+        self.cfg, self.input_size, self.path, self.outputs = info.config, info.image_size, path, OUTPUTS
         self.providers = self.session.get_providers()
         self.device = "cuda" if any(p != "CPUExecutionProvider" for p in self.providers) else "cpu"
 
     def describe(self) -> str:
         return f"onnxruntime ({', '.join(self.providers)})"
 
-    def logits(self, prepared: Prepared) -> torch.Tensor:
-        (out,) = self.session.run(["logits"], {"image": prepared.image[None], "projection": prepared.projection[None]})
-        return torch.from_numpy(out)
+    def grid(self, prepared: Prepared) -> Grid:
+        labels, confidence = self.session.run(
+            list(self.outputs), {"image": prepared.image[None], "projection": prepared.projection[None]}
+        )
+        return torch.from_numpy(labels), torch.from_numpy(confidence)
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -267,10 +271,12 @@ BACKENDS = ("torch", "onnxruntime")
 
 def onnx_cache_path(checkpoint: str | os.PathLike) -> Path:
     """Where a checkpoint's automatic ONNX export is kept: keyed by the checkpoint's content, so a
-    retrained file at the same path is exported again."""
-    from monoocc_ros.onnx_export import sha256
+    retrained file at the same path is exported again, and by the export format, so a newer
+    monoocc never meets an older export."""
+    from monoocc_ros.checkpoint import sha256
+    from monoocc_ros.onnx_export import FORMAT
 
-    return cache_dir("onnx") / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:16]}.onnx"
+    return cache_dir("onnx") / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:16]}-f{FORMAT}.onnx"
 
 
 class Predictor:
@@ -327,9 +333,10 @@ class Predictor:
     def describe(self) -> str:
         return self.backend.describe()
 
-    def logits(self, prepared: Prepared) -> torch.Tensor:
-        """(1, 20, X, Y, Z) float32 logits at the model's output grid."""
-        return self.backend.logits(prepared)
+    def infer(self, prepared: Prepared) -> Grid:
+        """The network on one prepared image: labels (1, X, Y, Z) uint8 and confidence (1, X, Y, Z)
+        float32 at the model's output grid (`model.head.labels_and_confidence`)."""
+        return self.backend.grid(prepared)
 
     def prepare(self, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray) -> Prepared:
         return prepare_input(self.cfg, image, intrinsics, extrinsic, self.input_size)
@@ -337,11 +344,11 @@ class Predictor:
     def predict(
         self, image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        return self.postprocess(self.logits(self.prepare(image, intrinsics, extrinsic)))
+        return self.postprocess(self.infer(self.prepare(image, intrinsics, extrinsic)))
 
-    def postprocess(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        prob = logits[0].softmax(0)
-        confidence, labels = prob.max(0)
+    def postprocess(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """The output grid's (labels, confidence) -> numpy on the SemanticKITTI grid."""
+        labels, confidence = grid[0][0], grid[1][0]
         factor = SEMANTIC_KITTI_GRID.shape[0] // labels.shape[0]
         labels = expand_to_full_grid(labels.to(torch.uint8), factor)
         confidence = expand_to_full_grid(confidence, factor)

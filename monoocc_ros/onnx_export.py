@@ -5,7 +5,10 @@ ICCA, occupancy head. Contract (written into the file's metadata and printed by 
 
     inputs   image       (1, 3, H, W) float32 RGB in [0, 1], H x W the network input size
              projection  (1, 3, 4)    float32, grid frame -> network pixels (`prepare_input`)
-    outputs  logits      (1, 20, X, Y, Z) float32 at the model's output grid
+    outputs  labels      (1, X, Y, Z) uint8 train ids at the model's output grid
+             confidence  (1, X, Y, Z) float32 probability of each label
+             (`model.head.labels_and_confidence`: the argmax runs inside the graph, so a
+             full-resolution model never hands 20 channels of logits per voxel across)
 
 Shapes are static: `prepare_input` always produces the network input size, and fixed shapes let
 ONNX Runtime fold every shape computation. The one data-dependent size inside, the number of
@@ -19,7 +22,6 @@ dynamo exporter (torch.export + onnxscript), the path to take when a torch upgra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from monoocc_ros.checkpoint import CheckpointError, build_model_from_checkpoint, code_version
+from monoocc_ros.checkpoint import CheckpointError, build_model_from_checkpoint, code_version, sha256
 from monoocc_ros.classes import CLASS_NAMES
 from monoocc_ros.geometry import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB
 from monoocc_ros.inference import network_input_size, prepare_input
@@ -39,9 +41,9 @@ from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.monoocc import MonoOcc
 
 OPSET = 20
-FORMAT = 1  # of the metadata below
+FORMAT = 2  # of the metadata and outputs below (1: a `logits` output)
 INPUTS = ("image", "projection")
-OUTPUTS = ("logits",)
+OUTPUTS = ("labels", "confidence")
 
 
 class ExportError(ValueError):
@@ -49,14 +51,14 @@ class ExportError(ValueError):
 
 
 class OccupancyGraph(nn.Module):
-    """What is exported: image (1, 3, H, W), projection (1, 3, 4) -> logits (1, 20, X, Y, Z)."""
+    """What is exported: image (1, 3, H, W), projection (1, 3, 4) -> labels, confidence (1, X, Y, Z)."""
 
     def __init__(self, model: MonoOcc) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-        return self.model.occupancy_logits(image[:, None], projection[:, None])
+    def forward(self, image: torch.Tensor, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.predict_grid(image[:, None], projection[:, None])
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class ExportReport:
                 "  graph: backbone -> depth + query proposal -> voxel transformer (cross, self, ICCA) -> head",
                 f"  input  image      (1, 3, {h}, {w}) float32 RGB in [0, 1]",
                 "  input  projection (1, 3, 4) float32 grid frame -> network pixels",
-                f"  output logits     {self.output_shape} float32 ({len(CLASS_NAMES)} SemanticKITTI classes)",
+                f"  output labels     {self.output_shape} uint8 ({len(CLASS_NAMES)} SemanticKITTI classes)",
+                f"  output confidence {self.output_shape} float32",
                 "  static shapes; the number of proposed voxels is dynamic inside the graph",
             ]
         )
@@ -90,14 +93,6 @@ def check_exportable(cfg: ModelConfig) -> None:
             f"{cfg.name} is a multi-frame teacher (frame offsets {list(cfg.frame_offsets)}); only monocular "
             "students are exported (the node runs students)"
         )
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(
@@ -122,7 +117,7 @@ def export_onnx(
     image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     projection = torch.from_numpy(prepared.projection)[None]
     with torch.no_grad():
-        logits = graph(image, projection)
+        labels, _ = graph(image, projection)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two nodes filling the cache at once do not collide
@@ -132,7 +127,7 @@ def export_onnx(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)  # nothing half-written stays behind
-    return ExportReport(out, cfg, (h, w), tuple(logits.shape), OPSET, time.perf_counter() - start, out.stat().st_size)
+    return ExportReport(out, cfg, (h, w), tuple(labels.shape), OPSET, time.perf_counter() - start, out.stat().st_size)
 
 
 def _trace_to_file(graph: nn.Module, image: torch.Tensor, projection: torch.Tensor, path: Path) -> None:
@@ -185,6 +180,8 @@ class OnnxModelInfo:
 
 def read_metadata(path: str | os.PathLike, props: dict[str, str]) -> OnnxModelInfo:
     """Validate the metadata of an exported file (`props`: its key -> value map)."""
+    if props.get("monoocc_format") == "1":
+        raise ExportError(f"{path} was exported by an older monoocc (a logits output); export it again")
     if props.get("monoocc_format") != str(FORMAT):
         raise ExportError(
             f"{path} was not exported by `monoocc export --onnx` (metadata monoocc_format "

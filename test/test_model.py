@@ -81,6 +81,7 @@ def _fake_batch(cfg: ModelConfig, out: dict, batch: int) -> dict:
     h2, w2 = out["depth"].shape[1:]
     return {
         "target_out": torch.randint(0, 20, (batch, *full), generator=g),
+        "target": torch.randint(0, 20, (batch, *SEMANTIC_KITTI_GRID.scaled(cfg.output_scale).shape), generator=g),
         "target_q": torch.randint(0, 20, (batch, *q), generator=g),
         "labels_2d": torch.randint(0, 20, (batch, h2, w2), generator=g),
         "depth_2d": torch.rand(batch, h2, w2, generator=g) * 40,
@@ -98,10 +99,14 @@ def test_tiny_configs_shapes_and_gradients(name):
         if isinstance(module, DeformableAttention):
             torch.nn.init.normal_(module.sampling_offsets.weight, std=1e-3)
             torch.nn.init.normal_(module.attention_weights.weight, std=1e-3)
+    if cfg.head == "fine":  # zero-initialised sub-voxel correction (starts from the coarse geometry)
+        torch.nn.init.normal_(model.head.subvoxel.weight, std=1e-3)
     images, proj = _inputs(cfg, batch=2)
     out = model(images, proj)
     og, qg = cfg.output_grid.shape, cfg.query_grid.shape
-    assert out["logits"].shape == (2, 20, *og)
+    assert out["logits"].shape == (2, 20, *SEMANTIC_KITTI_GRID.scaled(cfg.logits_scale).shape)
+    if cfg.head == "fine":
+        assert out["occupancy"].shape == (2, *og)
     assert out["voxel_features"].shape == (2, cfg.embed_dim, *qg)
     assert out["proposal_logits"].shape == (2, *qg)
     assert out["semantic_2d"].shape == (2, 20, images.shape[-2] // 4, images.shape[-1] // 4)
@@ -109,10 +114,14 @@ def test_tiny_configs_shapes_and_gradients(name):
     loss_cfg = cfg.loss.__class__(distill_feature=1.0)
     teacher = {"voxel_features": torch.randn_like(out["voxel_features"]), "logits": out["logits"].detach()}
     terms = MonoOccLoss(loss_cfg)(out, batch, "target_out", "target_q", teacher=teacher)
-    assert set(terms) >= {"ce", "sem_scal", "geo_scal", "semantic_2d", "proposal", "depth", "distill_feature"}
+    expected = {"ce", "sem_scal", "geo_scal", "semantic_2d", "proposal", "depth", "distill_feature"}
+    assert set(terms) >= expected | ({"occupancy"} if cfg.head == "fine" else set())
     terms["total"].backward()
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert not frozen  # the tiny configs' ResNets have no weights file: random layers are never frozen
+    if cfg.backbone.startswith("resnet"):
+        assert not frozen  # no weights file for the tiny ResNets: random layers are never frozen
+    else:  # the wheel's ImageNet EfficientNet: its stem and first blocks stay as pretrained
+        assert frozen and all(n.startswith("backbone.") for n in frozen)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
     zero = [n for n, p in model.named_parameters() if p.requires_grad and not p.grad.abs().sum() > 0]
@@ -246,7 +255,13 @@ def test_config_validation():
         ModelConfig.from_dict({"name": "x", "backbone": "vgg"})
     with pytest.raises(FileNotFoundError, match="have"):
         load_named_config("nonexistent")
-    assert load_named_config("student_tiny").output_grid.shape == (128, 128, 16)
+    assert load_named_config("student_tiny").output_grid.shape == (256, 256, 32)
+    with pytest.raises(ConfigError, match="head must be one of"):
+        ModelConfig.from_dict({"name": "x", "head": "dense"})
+    with pytest.raises(ConfigError, match="semantic_scale"):
+        ModelConfig.from_dict({"name": "x", "head": "fine", "query_scale": 4, "semantic_scale": 3})
+    with pytest.raises(ConfigError, match="semantic_scale"):  # semantics upsample by 2 at most
+        ModelConfig.from_dict({"name": "x", "head": "fine", "query_scale": 4, "semantic_scale": 1})
 
 
 def test_batched_and_single_frame_cross_attention_agree():
@@ -300,3 +315,54 @@ def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
             assert net(torch.rand(1, 3, h, w)).shape == (1, 48, -(-h // 16), -(-w // 16))
     resnet = make_backbone("resnet18", 48, frozen_stages=1)  # no weights file: random, so nothing frozen
     assert all(p.requires_grad for p in resnet.parameters())
+
+
+def test_fine_head_labels_and_confidence_against_a_voxel_by_voxel_reference():
+    """Occupied where the log-odds are > 0, with the semantic voxel's most likely non-empty
+    class; confidence = P(occupied) * P(class | occupied), or P(empty)."""
+    from monoocc_ros.model.head import labels_and_confidence
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 20, 3, 2, 2, generator=g) * 2
+    occupancy = torch.randn(2, 6, 4, 4, generator=g) * 2
+    labels, confidence = labels_and_confidence(logits, occupancy)
+    assert labels.dtype == torch.uint8 and labels.shape == confidence.shape == (2, 6, 4, 4)
+    for b, x, y, z in itertools.product(range(2), range(6), range(4), range(4)):
+        o, sem = float(occupancy[b, x, y, z]), logits[b, :, x // 2, y // 2, z // 2]
+        p = 1 / (1 + np.exp(-o))
+        q = sem[1:].softmax(0)
+        want = int(q.argmax()) + 1 if o > 0 else 0
+        assert int(labels[b, x, y, z]) == want
+        expect = p * float(q.max()) if o > 0 else 1 - p
+        assert abs(float(confidence[b, x, y, z]) - expect) < 1e-6
+    # The paper head: argmax and max of the softmax.
+    paper, conf = labels_and_confidence(logits, None)
+    assert torch.equal(paper.long(), logits.argmax(1)) and torch.allclose(conf, logits.softmax(1).amax(1))
+
+
+def test_fine_head_starts_from_the_coarse_geometry_and_learns_sub_voxels():
+    """At initialisation the 0.2 m log-odds are the semantic head's occupied-vs-empty log-odds,
+    trilinearly upsampled; the loss reaches the per-sub-voxel correction."""
+    from monoocc_ros.model.export_friendly import upsample_trilinear
+    from monoocc_ros.model.head import FineOccupancyHead, occupied_log_odds
+    from monoocc_ros.model.losses import fine_occupancy_loss
+
+    torch.manual_seed(0)
+    head = FineOccupancyHead(8, 20, subvoxels=4, semantic_upsample=2)
+    voxels = torch.randn(1, 8, 4, 3, 2)
+    out = head(voxels)
+    assert out["logits"].shape == (1, 20, 8, 6, 4) and out["occupancy"].shape == (1, 16, 12, 8)
+    torch.testing.assert_close(out["occupancy"], upsample_trilinear(occupied_log_odds(out["logits"])[:, None], 2)[:, 0])
+    target = torch.randint(0, 3, (1, 16, 12, 8))
+    target[0, 0] = 255
+    fine_occupancy_loss(out["occupancy"], target).backward()
+    assert head.subvoxel.weight.grad.abs().sum() > 0
+    # Sub-voxel (i, j, k) of query (X, Y, Z) lands at (4X + i, 4Y + j, 4Z + k).
+    with torch.no_grad():
+        head.subvoxel.bias.zero_()
+        head.subvoxel.bias[(1 * 4 + 2) * 4 + 3] = 100.0  # sub-voxel (1, 2, 3)
+        delta = (
+            head(voxels)["occupancy"] - upsample_trilinear(occupied_log_odds(head(voxels)["logits"])[:, None], 2)[:, 0]
+        )
+    hot = (delta > 50).nonzero()[:, 1:]
+    assert len(hot) == 4 * 3 * 2 and set(map(tuple, (hot % 4).tolist())) == {(1, 2, 3)}

@@ -170,3 +170,30 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
     (tmp_path / "sequences" / "00").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"sequence folder .*01 does not exist \(have: \['00'\]\)"):
         SemanticKITTIDataset(DatasetConfig(str(tmp_path), ("01",)))
+
+
+def test_accumulated_lidar_lands_on_the_scene(synth_root):
+    """`lidar_evidence`: scans of other frames moved into this frame by the poses fall on voxels
+    the ground truth calls occupied (or cannot see); with the motion ignored they would not."""
+    ds = SemanticKITTIDataset(DatasetConfig(str(synth_root), ("00",), lidar_offsets=(-3, -2, -1, 0), lidar_scale=2))
+    item = ds[3]
+    evidence = item["lidar_evidence"].numpy()
+    assert evidence.shape == (128, 128, 16) and evidence.dtype == np.float32
+    own = SemanticKITTIDataset(DatasetConfig(str(synth_root), ("00",), lidar_offsets=(0,), lidar_scale=2))[3]
+    returns, own_returns = np.expm1(evidence), np.expm1(own["lidar_evidence"].numpy())  # log(1 + n) -> n
+    assert (returns >= own_returns - 1e-3).all() and returns.sum() > 3 * own_returns.sum()
+    target = item["target_2"].numpy()
+
+    def on_scene(ev: np.ndarray) -> float:
+        hit = ev > 0
+        return float(((target[hit] > 0) & (target[hit] != 255)).mean() + (target[hit] == 255).mean())
+
+    assert on_scene(evidence) > 0.9
+    seq = ds.sequences["00"]  # the oldest scan alone, without its motion: most of it misses
+    stale = np.zeros(128 * 128 * 16, np.float32)
+    xyz = F.read_scan(seq.path / "velodyne" / "000000.bin")[:, :3]
+    idx = np.floor((xyz - np.asarray(SEMANTIC_KITTI_GRID.origin)) / 0.4).astype(np.int64)
+    keep = np.all((idx >= 0) & (idx < (128, 128, 16)), axis=1)
+    np.add.at(stale, np.ravel_multi_index(idx[keep].T, (128, 128, 16)), 1)
+    moved = SemanticKITTIDataset(DatasetConfig(str(synth_root), ("00",), lidar_offsets=(-3,), lidar_scale=2))[3]
+    assert on_scene(moved["lidar_evidence"].numpy()) > on_scene(stale.reshape(128, 128, 16)) + 0.1

@@ -166,6 +166,11 @@ def test_train_config_errors_name_the_key(tmp_path):
 
 
 def test_distillation_from_a_trained_teacher(tmp_path, data_root):
+    """A privileged teacher (other frames and accumulated LiDAR) trains; a student distils from it
+    with the teacher's outputs cached and gets exactly the losses of running the teacher live; a
+    cache that belongs to another teacher is refused with the reason."""
+    from monoocc_ros.trainer.teacher_cache import TeacherCacheError
+
     teacher_yaml = tmp_path / "micro_teacher.yaml"
     teacher_yaml.write_text(
         yaml.safe_dump(
@@ -173,6 +178,7 @@ def test_distillation_from_a_trained_teacher(tmp_path, data_root):
                 **MICRO,
                 "name": "micro_teacher",
                 "frame_offsets": [-1, 0, 1],
+                "privileged_lidar": [-2, -1, 0],
                 "cross_view_blocks": 1,
                 "cross_view_window": 4,
             }
@@ -183,16 +189,26 @@ def test_distillation_from_a_trained_teacher(tmp_path, data_root):
     ckpt = str(t_cfg.output_dir / "last.pt")
     with pytest.raises(ValueError, match="nothing would be distilled"):
         train(_config(tmp_path / "s0", data_root, max_steps=1, teacher_checkpoint=ckpt), device="cpu", progress=False)
-    s_cfg = _config(
-        tmp_path / "s",
-        data_root,
-        max_steps=2,
-        teacher_checkpoint=ckpt,
-        model_overrides={"loss": {"distill_feature": 1.0}},
-    )
-    result = train(s_cfg, device="cpu", progress=False)
-    assert result["step"] == 2
-    header = (s_cfg.output_dir / "metrics.csv").read_text().splitlines()[0]
-    assert "loss/distill_feature" in header
+    cache = tmp_path / "teacher_cache"
+    runs = {}
+    for mode in ("off", str(cache)):
+        s_cfg = _config(
+            tmp_path / f"s{len(runs)}",
+            data_root,
+            max_steps=2,
+            teacher_checkpoint=ckpt,
+            teacher_cache=mode,
+            model_overrides={"loss": {"distill_feature": 1.0}},
+        )
+        runs[mode] = train(s_cfg, device="cpu", progress=False)
+        assert runs[mode]["step"] == 2
+        header = (s_cfg.output_dir / "metrics.csv").read_text().splitlines()[0]
+        assert "loss/distill_feature" in header
+    assert (cache / "meta.json").is_file() and not list(tmp_path.glob("teacher_cache.*.tmp"))
+    np.testing.assert_allclose(runs[str(cache)]["losses"], runs["off"]["losses"], rtol=1e-6)
+    train(t_cfg, device="cpu", progress=False, stop_after=1)  # retrained: another checkpoint at the same path
+    with pytest.raises(TeacherCacheError, match="another teacher checkpoint"):
+        train(_config(tmp_path / "s9", data_root, max_steps=1, teacher_checkpoint=ckpt, teacher_cache=str(cache),
+                      model_overrides={"loss": {"distill_feature": 1.0}}), device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="needs a multi-frame model"):
         train(_config(tmp_path / "x", data_root, stage="teacher", max_steps=1), device="cpu", progress=False)

@@ -4,7 +4,7 @@ Both backends run in this one process on the same frames (synthetic frames of a 
 used for training), interleaved frame by frame and alternating which backend goes first, so that
 neither gets a quieter machine. Reported per backend:
 
-- network latency (median, p90) of `Predictor.logits`, and the torch/onnxruntime ratio;
+- network latency (median, p90) of `Predictor.infer`, and the torch/onnxruntime ratio;
 - memory: the resident set size each backend adds when loaded and warmed up, and the peak
   extra during a forward pass (RSS sampled every millisecond by a thread, minus the RSS before
   the call, over the first frames in runs that are not timed; ONNX Runtime keeps its arena
@@ -14,7 +14,7 @@ neither gets a quieter machine. Reported per backend:
   transformer, head): torch by forward hooks (wall time), ONNX Runtime by its own profiler
   (kernel time of the nodes under each module's name scope; fused nodes that lost their scope
   are listed as "fused, unscoped");
-- parity on those frames (labels equal, logits within 1e-3, largest difference);
+- parity on those frames (labels equal, confidence within 1e-3, largest difference);
 - the node's end-to-end rate over DDS with each backend (the node as its own process, the next
   frame sent when the previous grid arrives).
 
@@ -138,7 +138,7 @@ def _torch_stage_times(predictor, prepared, runs: int) -> dict[str, float]:
     try:
         for _ in range(runs):
             current.clear()
-            predictor.logits(prepared)
+            predictor.infer(prepared)
             inner = sum(current[s] for s in ("cross", "self_attn", "icca"))
             current["transformer"] -= inner
             for stage in (*STAGES, "transformer"):
@@ -183,9 +183,10 @@ def _scope(node_name: str) -> str:
 
 
 def _parity(a, b) -> tuple[float, float, float]:
-    la, lb = a[0].argmax(0), b[0].argmax(0)
-    d = (a - b).abs()
-    return float((la == lb).float().mean()), float((d <= 1e-3).float().mean()), float(d.max())
+    """(labels, confidence) of two backends -> (labels equal, confidence within 1e-3, largest
+    confidence difference)."""
+    d = (a[1] - b[1]).abs()
+    return float((a[0] == b[0]).float().mean()), float((d <= 1e-3).float().mean()), float(d.max())
 
 
 def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | None) -> int:
@@ -233,7 +234,7 @@ def _run(
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = pred.logits(prep)
+        out = pred.infer(prep)
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1e3, out
@@ -245,11 +246,11 @@ def _run(
         if "cuda" in name and name.startswith("torch"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            pred.logits(prep)
+            pred.infer(prep)
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() / 2**20
         with PeakRSS() as rss:
-            pred.logits(prep)
+            pred.infer(prep)
         return rss.extra_mib
 
     # Load and warm up one backend at a time (first-call allocations, ORT's arena, cuDNN
@@ -275,7 +276,7 @@ def _run(
         for name in order:
             dt, out = timed(name, prep)
             times[name].append(dt)
-            outs[name] = out.float().cpu()
+            outs[name] = (out[0].cpu(), out[1].float().cpu())
         parity.append(_parity(outs["torch cpu"], outs["onnxruntime cpu"]))
     for prep in prepared[:MEMORY_FRAMES]:
         for name in names:
@@ -312,12 +313,12 @@ def _run(
     srows.append(["sum", *[sum(stages[n].values()) for n in names]])
     print(markdown_table(["stage", *names], srows))
     labels_equal = float(np.mean([p[0] for p in parity]))
-    logits_close = float(np.mean([p[1] for p in parity]))
+    confidence_close = float(np.mean([p[1] for p in parity]))
     worst = float(max(p[2] for p in parity))
     print(f"\n## Parity (onnxruntime cpu vs torch cpu, {len(parity)} frames)\n")
-    print(markdown_table(["labels equal", "logits within 1e-3", "largest logit difference",
-                          "frames with every logit within 1e-3"],
-                         [[f"{100 * labels_equal:.3f} %", f"{100 * logits_close:.3f} %", f"{worst:.2e}",
+    print(markdown_table(["labels equal", "confidence within 1e-3", "largest confidence difference",
+                          "frames with every confidence within 1e-3"],
+                         [[f"{100 * labels_equal:.3f} %", f"{100 * confidence_close:.3f} %", f"{worst:.2e}",
                            f"{sum(p[2] <= 1e-3 for p in parity)}/{len(parity)}"]]))  # fmt: skip
     print(f"\n## Node end to end over DDS ({e2e_frames} frames, CPU)\n")
     print(markdown_table(["backend", "frames/s"], [[k, v] for k, v in e2e.items()]))
@@ -342,7 +343,11 @@ def _run(
                         for n in names
                     },
                     "stages_ms": stages,
-                    "parity": {"labels_equal": labels_equal, "logits_within_1e-3": logits_close, "max_abs": worst},
+                    "parity": {
+                        "labels_equal": labels_equal,
+                        "confidence_within_1e-3": confidence_close,
+                        "max_abs": worst,
+                    },
                     "node_end_to_end_hz": e2e,
                     "onnxruntime_speedup_cpu": ratio,
                     "process_max_rss_MiB": peak_rss,

@@ -64,7 +64,7 @@ def made_up_batch(cfg: ModelConfig, batch: int, dev: torch.device) -> dict[str, 
 
     g = torch.Generator(device="cpu").manual_seed(0)
     out = {}
-    for scale in {cfg.output_scale, cfg.query_scale}:
+    for scale in {1, cfg.output_scale, cfg.logits_scale, cfg.query_scale}:
         shape = tuple(s // scale for s in SEMANTIC_KITTI_GRID.shape)
         labels = torch.randint(0, cfg.num_classes, (batch, *shape), generator=g)
         labels[torch.rand(labels.shape, generator=g) < 0.7] = 0  # mostly empty, as the real grids
@@ -86,12 +86,12 @@ def measure_inference(name: str, dev: torch.device, half: bool, runs: int) -> di
     times = []
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
         for _ in range(3):
-            model.occupancy_logits(images, proj)
+            model.predict_grid(images, proj)
         _reset_peak(dev)
         for _ in range(runs):
             _sync(dev)
             t0 = time.perf_counter()
-            model.occupancy_logits(images, proj)
+            model.predict_grid(images, proj)
             _sync(dev)
             times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
@@ -127,7 +127,7 @@ def measure_training(name: str, teacher: str | None, dev: torch.device, steps: i
             if teacher_model is not None:
                 with torch.no_grad():
                     t_out = teacher_model(t_images, t_proj)
-            terms = loss_fn(out, batch, target_key(model.cfg.output_scale), target_key(model.cfg.query_scale), t_out)
+            terms = loss_fn(out, batch, target_key(model.cfg.logits_scale), target_key(model.cfg.query_scale), t_out)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.unscale_(optimizer)

@@ -59,7 +59,7 @@ def measure(name: str, mode: str, device: str, checkpointing: str, chunk: int) -
     with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         if mode == "infer":
             with torch.inference_mode():
-                model.occupancy_logits(img, proj)
+                model.predict_grid(img, proj)
         else:
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             scaler = torch.amp.GradScaler("cuda", enabled=cuda)
@@ -69,7 +69,7 @@ def measure(name: str, mode: str, device: str, checkpointing: str, chunk: int) -
             if not cfg.is_teacher:
                 teacher = {"voxel_features": torch.randn_like(out["voxel_features"]), "logits": out["logits"].detach()}
             loss_fn = MonoOccLoss(cfg.loss).to(dev)
-            terms = loss_fn(out, batch, target_key(cfg.output_scale), target_key(cfg.query_scale), teacher)
+            terms = loss_fn(out, batch, target_key(cfg.logits_scale), target_key(cfg.query_scale), teacher)
             scaler.scale(terms["total"].float()).backward()
             scaler.step(optimizer)
             scaler.update()

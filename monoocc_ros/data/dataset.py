@@ -13,6 +13,10 @@ every image, targets only where labels exist) with:
   other_images   (K, 3, H, W), other_projections (K, 3, 4): frames at `frame_offsets`, each
                  projected from this frame's grid (P2 @ Tr @ inv(pose_j) @ pose_i); an offset
                  outside the sequence reuses the current frame
+  lidar_evidence (Xq, Yq, Zq) float32, only with `lidar_offsets` (a privileged teacher's input):
+                 log(1 + n), n the LiDAR returns of the scans at those offsets (within the
+                 sequence) that fall in each voxel of the grid reduced by `lidar_scale`, each scan
+                 moved into this frame's LiDAR frame by the poses
   meta           sequence, frame, stamp (s)
 """
 
@@ -31,6 +35,7 @@ from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.geometry import (
     SEMANTIC_KITTI_GRID,
+    camera_pose_to_lidar,
     lidar_projection,
     other_frame_projection,
     points_to_sparse_image,
@@ -56,6 +61,8 @@ class DatasetConfig:
     label_stride: int = 4  # 2D labels at 1/4 resolution, as the paper's auxiliary head
     load_points: bool = True
     require_labels: bool = True  # False: every image is an item (e.g. the test split), targets when present
+    lidar_offsets: tuple[int, ...] = ()  # accumulated scans for `lidar_evidence` (privileged teachers)
+    lidar_scale: int = 4  # the grid reduction of `lidar_evidence` (the teacher's query grid)
 
 
 @dataclass
@@ -170,6 +177,10 @@ class SemanticKITTIDataset(Dataset):
             )
             if cfg.frame_offsets and any(cfg.frame_offsets) and seq.poses is None:
                 raise FileNotFoundError(f"{path / 'poses.txt'} is needed for frame offsets {cfg.frame_offsets}")
+            if cfg.lidar_offsets and (seq.poses is None or not (path / "velodyne").is_dir()):
+                raise FileNotFoundError(
+                    f"{path}: poses.txt and velodyne/ are needed for accumulated LiDAR (offsets {cfg.lidar_offsets})"
+                )
             self.sequences[name] = seq
             if cfg.require_labels:
                 self.items += [(name, int(p.stem)) for p in sorted((path / "voxels").glob("*.label"))]
@@ -202,6 +213,24 @@ class SemanticKITTIDataset(Dataset):
         if not (0 <= j < seq.num_images) or seq.poses is None or j >= len(seq.poses):
             return frame
         return j
+
+    def lidar_evidence(self, name: str, frame: int) -> np.ndarray:
+        """`lidar_evidence` of one frame: the scans at `lidar_offsets` in this frame's LiDAR frame,
+        log(1 + returns) per voxel of the reduced grid."""
+        seq, grid = self.sequences[name], SEMANTIC_KITTI_GRID.scaled(self.cfg.lidar_scale)
+        here = np.linalg.inv(camera_pose_to_lidar(seq.poses[frame], seq.calib["Tr"]))
+        counts = np.zeros(grid.num_voxels, np.float32)
+        for j in sorted({frame + off for off in self.cfg.lidar_offsets}):
+            path = seq.path / "velodyne" / f"{j:06d}.bin"
+            if not (0 <= j < len(seq.poses)) or not path.exists():
+                continue  # before the first or after the last scan: fewer scans, as at a drive's start
+            move = here @ camera_pose_to_lidar(seq.poses[j], seq.calib["Tr"])
+            xyz = F.read_scan(path)[:, :3].astype(np.float64) @ move[:3, :3].T + move[:3, 3]
+            idx = np.floor((xyz - np.asarray(grid.origin)) / grid.resolution).astype(np.int64)
+            keep = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
+            flat = np.ravel_multi_index(idx[keep].T, grid.shape)
+            counts += np.bincount(flat, minlength=grid.num_voxels).astype(np.float32)
+        return np.log1p(counts).reshape(grid.shape)
 
     def __getitem__(self, index: int) -> dict:
         name, frame = self.items[index]
@@ -248,6 +277,8 @@ class SemanticKITTIDataset(Dataset):
                 projs.append(torch.from_numpy(p.astype(np.float32)))
             item["other_images"] = torch.stack(imgs)
             item["other_projections"] = torch.stack(projs)
+        if cfg.lidar_offsets:
+            item["lidar_evidence"] = torch.from_numpy(self.lidar_evidence(name, frame))
         item["meta"] = {
             "sequence": name,
             "frame": frame,

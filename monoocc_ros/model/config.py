@@ -18,6 +18,7 @@ from monoocc_ros.classes import NUM_CLASSES
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
 from monoocc_ros.paths import package_file
 
+HEADS = ("paper", "fine")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite2")
 
 
@@ -47,6 +48,7 @@ class LossConfig:
     sem_scal: float = 1.0
     geo_scal: float = 0.5
     semantic_2d: float = 3.0  # the paper's 2.5-4
+    occupancy: float = 1.0  # fine head only: BCE + geo_scal of the 0.2 m occupancy (model/head.py)
     proposal: float = 1.0
     depth: float = 1.0
     distill_feature: float = 0.0  # masked MSE to the teacher's ICCA features (students only)
@@ -75,11 +77,19 @@ class ModelConfig:
     depth_max: float = 60.0
     depth_stride: int = 4  # depth is predicted at 1/depth_stride of the network's input
     upsample_logits: bool = False  # CPU configs: LN + Linear at the query grid, upsample logits
+    # "paper": one 20-class prediction per output voxel. "fine" (CPU configs): occupancy at every
+    # output voxel (sub-voxels of each query) and semantics at `semantic_scale` (model/head.py).
+    head: str = "paper"
+    semantic_scale: int = 2  # fine head: semantic voxel = semantic_scale * 0.2 m
     proposal_threshold: float = 0.5
     proposal_channels: int = 32
     frame_offsets: tuple[int, ...] = (0,)  # the teacher sees several frames; a student (0,)
     cross_view_blocks: int = 0  # teacher only: windowed cross-view transformer blocks
     cross_view_window: int = 8
+    # Privileged teachers only: offsets of the LiDAR scans accumulated into the teacher's input
+    # (`lidar_evidence`): its query proposals come from measured geometry instead of predicted
+    # depth, and every query knows how many returns fell in its voxel.
+    privileged_lidar: tuple[int, ...] = ()
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -96,7 +106,20 @@ class ModelConfig:
         for key in ("cross_layers", "self_layers", "icca_layers", "cross_view_blocks", "frozen_stages"):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
-        if self.query_scale % self.output_scale or self.query_scale // self.output_scale not in (1, 2):
+        if self.head not in HEADS:
+            raise bad("head", f"must be one of {HEADS}, got {self.head!r}")
+        if self.head == "fine":
+            if (
+                self.semantic_scale <= 0
+                or self.query_scale % self.semantic_scale
+                or self.semantic_scale % self.output_scale
+            ):
+                raise bad("semantic_scale", "must divide query_scale and be a multiple of output_scale")
+            if self.query_scale // self.semantic_scale not in (1, 2):
+                raise bad("semantic_scale", "must be query_scale or query_scale / 2 (semantics upsample by 2 at most)")
+            if self.query_scale % self.output_scale:
+                raise bad("output_scale", "must divide query_scale (each query predicts its sub-voxels)")
+        elif self.query_scale % self.output_scale or self.query_scale // self.output_scale not in (1, 2):
             raise bad("query_scale", "must be output_scale or 2 x output_scale (the head upsamples by 2 at most)")
         for key, scale in (("output_scale", self.output_scale), ("query_scale", self.query_scale)):
             if any(s % scale for s in SEMANTIC_KITTI_GRID.shape):
@@ -113,6 +136,11 @@ class ModelConfig:
         return SEMANTIC_KITTI_GRID.scaled(self.output_scale)
 
     @property
+    def logits_scale(self) -> int:
+        """The scale of the 20-class `logits` output: the output grid's, or the fine head's semantics."""
+        return self.semantic_scale if self.head == "fine" else self.output_scale
+
+    @property
     def query_grid(self) -> GridSpec:
         return SEMANTIC_KITTI_GRID.scaled(self.query_scale)
 
@@ -122,11 +150,13 @@ class ModelConfig:
 
     @property
     def is_teacher(self) -> bool:
-        return len(self.frame_offsets) > 1
+        """Sees more than the node can give it (other frames, LiDAR): trained offline to teach."""
+        return len(self.frame_offsets) > 1 or bool(self.privileged_lidar)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["frame_offsets"] = list(self.frame_offsets)
+        d["privileged_lidar"] = list(self.privileged_lidar)
         return d
 
     @classmethod
@@ -135,8 +165,11 @@ class ModelConfig:
         data = dict(data)
         loss = data.pop("loss", {}) or {}
         check_keys(LossConfig, loss, source, "loss")
-        if "frame_offsets" in data:
-            data["frame_offsets"] = tuple(int(v) for v in data["frame_offsets"])
+        for key in ("frame_offsets", "privileged_lidar"):
+            if key in data:
+                if not isinstance(data[key], list | tuple) or not all(isinstance(v, int) for v in data[key]):
+                    raise ConfigError(f"{source}: {key} must be a list of integers, got {data[key]!r}")
+                data[key] = tuple(data[key])
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         for key, value in data.items():
             if types[key] in ("int",) and not isinstance(value, int):

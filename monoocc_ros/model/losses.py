@@ -4,6 +4,8 @@
   SemanticKITTI class voxel counts (MonoScene), ignore 255.
 - sem_scal, geo_scal: MonoScene's scene-class affinity losses: binary cross-entropy of per-class
   precision, recall and specificity (sem) and of occupied-vs-empty (geo), computed from softmax.
+- occupancy (fine head only): binary cross-entropy of the 0.2 m occupancy log-odds plus the
+  geo_scal terms on its probabilities, against the full-resolution target (ignore 255).
 - semantic_2d: cross-entropy of the 2D auxiliary head against sparse 2D labels (ignore 255).
 - proposal: binary cross-entropy of the query proposal against occupancy at the query grid.
 - depth: L1 between expected and sparse depth where depth exists.
@@ -57,13 +59,17 @@ def sem_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def geo_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    prob = logits.softmax(1)
     mask = target != IGNORE
-    empty = prob[:, 0][mask]
+    return geo_scal_from_empty(logits.softmax(1)[:, 0][mask], target[mask])
+
+
+def geo_scal_from_empty(empty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MonoScene's geometric precision, recall and specificity terms. empty (N,) P(empty) of the
+    kept voxels, target (N,) their train ids (none ignored)."""
     occupied = 1 - empty
-    t = (target[mask] != 0).to(empty.dtype)
+    t = (target != 0).to(empty.dtype)
     inter = (occupied * t).sum()
-    loss = logits.new_zeros(())
+    loss = empty.new_zeros(())
     if occupied.sum() > 0:
         loss = loss + _bce_to_one(inter / occupied.sum())
     if t.sum() > 0:
@@ -71,6 +77,14 @@ def geo_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if (1 - t).sum() > 0:
         loss = loss + _bce_to_one(((1 - t) * empty).sum() / (1 - t).sum())
     return loss
+
+
+def fine_occupancy_loss(occupancy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """occupancy (B, X, Y, Z) log-odds, target (B, X, Y, Z) train ids at the same grid."""
+    mask = target != IGNORE
+    o, t = occupancy[mask], target[mask]
+    bce = F.binary_cross_entropy_with_logits(o, (t != 0).to(o.dtype))
+    return bce + geo_scal_from_empty(torch.sigmoid(-o), t)
 
 
 def masked_feature_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +119,8 @@ class MonoOccLoss(torch.nn.Module):
 
     def forward(self, out: dict, batch: dict, output_key: str, query_key: str, teacher: dict | None = None) -> dict:
         """out: the network's outputs; batch: the Dataset's (collated) items; output_key /
-        query_key: the target names at the output and query grids (e.g. "target", "target_2").
+        query_key: the target names at the `logits` and query grids (e.g. "target", "target_2");
+        a fine head's occupancy is scored against "target" (the full grid).
         Returns a dict of weighted terms and their sum under "total"."""
         cfg = self.cfg
         terms: dict[str, torch.Tensor] = {}
@@ -117,6 +132,8 @@ class MonoOccLoss(torch.nn.Module):
             terms["sem_scal"] = cfg.sem_scal * sem_scal_loss(logits, target)
         if cfg.geo_scal:
             terms["geo_scal"] = cfg.geo_scal * geo_scal_loss(logits, target)
+        if cfg.occupancy and "occupancy" in out:
+            terms["occupancy"] = cfg.occupancy * fine_occupancy_loss(out["occupancy"], batch["target"])
         if cfg.semantic_2d and "semantic_2d" in out:
             labels = batch["labels_2d"]
             if (labels != IGNORE).any():

@@ -7,8 +7,11 @@ Data flow, with K frames (K = 1 for a student) and the current frame at offset 0
       -> [teacher] CrossViewTransformer over the K maps
   current frame: Semantic2DHead -> (B, 20, H/4, W/4); DepthHead -> depth (B, H/4, W/4)
       -> QueryProposal -> proposal logits (B, Xq, Yq, Zq) -> proposed = sigmoid > threshold
-  VoxelTransformer(K cameras' features, projections) -> voxel features (B, C, Xq, Yq, Zq)
+      [privileged teacher] QueryProposal on accumulated LiDAR (B, Xq, Yq, Zq) instead of depth
+  VoxelTransformer(K cameras' features, projections[, LiDAR embedding]) -> (B, C, Xq, Yq, Zq)
   OccupancyHead -> logits (B, 20, X, Y, Z)
+    or FineOccupancyHead -> occupancy log-odds (B, X, Y, Z) + logits (B, 20, Xs, Ys, Zs) coarser
+  labels_and_confidence -> labels, confidence (B, X, Y, Z): what the node, eval and ONNX use
 
 `H, W` are the network's input size: images are resized by `image_scale` (and projections with
 them) before the network, by the Dataset when training and by `inference.predict` at run time.
@@ -22,7 +25,7 @@ from torch import nn
 from monoocc_ros.model.backbone import make_backbone
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.cross_view import CrossViewTransformer
-from monoocc_ros.model.head import OccupancyHead
+from monoocc_ros.model.head import FineOccupancyHead, OccupancyHead, labels_and_confidence
 from monoocc_ros.model.heads2d import Semantic2DHead
 from monoocc_ros.model.proposal import DepthHead, QueryProposal
 from monoocc_ros.model.voxel_transformer import VoxelTransformer
@@ -45,25 +48,47 @@ class MonoOcc(nn.Module):
         self.semantic_2d = Semantic2DHead(c, cfg.num_classes, cfg.dropout)
         self.depth = DepthHead(c, cfg.depth_bins, 1.0, cfg.depth_max)
         self.proposal = QueryProposal(cfg.query_grid, cfg.proposal_channels)
+        # Privileged teacher: log(1 + LiDAR returns) per query voxel -> a query embedding.
+        self.lidar_embed = nn.Linear(1, c) if cfg.privileged_lidar else None
         self.transformer = VoxelTransformer(
             cfg.query_grid, c, cfg.heads, cfg.points, cfg.ffn_dim,
             cfg.cross_layers, cfg.self_layers, cfg.icca_layers, cfg.dropout,
         )  # fmt: skip
-        self.head = OccupancyHead(c, cfg.num_classes, cfg.query_scale // cfg.output_scale, cfg.upsample_logits)
+        self.head: nn.Module
+        if cfg.head == "fine":
+            self.head = FineOccupancyHead(
+                c, cfg.num_classes, cfg.query_scale // cfg.output_scale, cfg.query_scale // cfg.semantic_scale
+            )
+        else:
+            self.head = OccupancyHead(c, cfg.num_classes, cfg.query_scale // cfg.output_scale, cfg.upsample_logits)
 
-    def forward(self, images: torch.Tensor, projections: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """images (B, K, 3, H, W) RGB in [0, 1]; projections (B, K, 3, 4) from this frame's grid
-        frame to each image's pixels. K must equal len(cfg.frame_offsets). Returns every output
-        the losses use."""
-        return self._run(images, projections, with_2d=True)
+        frame to each image's pixels. K must equal len(cfg.frame_offsets). lidar_evidence
+        (B, Xq, Yq, Zq): a privileged teacher's accumulated LiDAR (the Dataset's item). Returns
+        every output the losses use."""
+        return self._run(images, projections, with_2d=True, lidar_evidence=lidar_evidence)
 
-    def occupancy_logits(self, images: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
-        """Inference only (what the node, `predict` and the ONNX export run): logits (B, 20, X, Y, Z)
-        without the training-only 2D semantic head."""
-        return self._run(images, projections, with_2d=False)["logits"]
+    def predict_grid(
+        self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference only (what the node, `predict`, eval and the ONNX export run), without the
+        training-only 2D semantic head: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z) at
+        the output grid (`labels_and_confidence`)."""
+        out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
+        return labels_and_confidence(out["logits"].float(), _float(out.get("occupancy")))
 
-    def _run(self, images: torch.Tensor, projections: torch.Tensor, with_2d: bool) -> dict[str, torch.Tensor]:
+    def _run(
+        self, images: torch.Tensor, projections: torch.Tensor, with_2d: bool, lidar_evidence: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         b, k, _, h, w = images.shape
+        if (lidar_evidence is not None) != bool(self.cfg.privileged_lidar):
+            raise ValueError(
+                f"{self.cfg.name}: accumulated LiDAR is the input of privileged teachers only "
+                f"(privileged_lidar {list(self.cfg.privileged_lidar)}; given: {lidar_evidence is not None})"
+            )
         if k != len(self.cfg.frame_offsets) or projections.shape != (b, k, 3, 4):
             raise ValueError(
                 f"{self.cfg.name} expects {len(self.cfg.frame_offsets)} frame(s) and projections (B, K, 3, 4); "
@@ -76,10 +101,16 @@ class MonoOcc(nn.Module):
         size_2d = (h // LABEL_STRIDE, w // LABEL_STRIDE)
         semantic_2d = self.semantic_2d(current, size_2d) if with_2d else None
         depth_logits, depth = self.depth(current, size_2d)
-        proposal_logits, _ = self.proposal(depth, projections[:, self.current], (h, w))
+        query_bias = None
+        if lidar_evidence is not None and self.lidar_embed is not None:
+            proposal_logits = self.proposal.from_evidence(lidar_evidence)
+            query_bias = self.lidar_embed(lidar_evidence.reshape(b, -1, 1))  # (B, N, C)
+        else:
+            proposal_logits, _ = self.proposal(depth, projections[:, self.current], (h, w))
         proposed = proposal_logits.detach().sigmoid() > self.cfg.proposal_threshold
-        voxel_features = self.transformer(feats, projections, (h, w), proposed)
-        logits = self.head(voxel_features)
+        voxel_features = self.transformer(feats, projections, (h, w), proposed, query_bias=query_bias)
+        head = self.head(voxel_features)
+        logits = head["logits"] if isinstance(head, dict) else head
         outputs = {
             "logits": logits,
             "voxel_features": voxel_features,
@@ -89,4 +120,10 @@ class MonoOcc(nn.Module):
             "proposal_logits": proposal_logits,
             "proposed": proposed,
         }
-        return outputs if with_2d else {"logits": logits}
+        if isinstance(head, dict):
+            outputs["occupancy"] = head["occupancy"]
+        return outputs if with_2d else {k: outputs[k] for k in ("logits", "occupancy") if k in outputs}
+
+
+def _float(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.float()

@@ -144,5 +144,10 @@ class QueryProposal(nn.Module):
         with torch.no_grad():
             points = pixel_rays_to_points(depth.detach().float(), projection.float(), image_hw)
             evidence = torch.log1p(voxelize_points(points, self.grid))
-        logits = self.unet(evidence.permute(0, 3, 1, 2).to(depth.dtype))  # (B, Z, X, Y)
-        return logits.permute(0, 2, 3, 1), evidence
+        return self.from_evidence(evidence.to(depth.dtype)), evidence
+
+    def from_evidence(self, evidence: torch.Tensor) -> torch.Tensor:
+        """(B, X, Y, Z) log(1 + points) per voxel -> occupancy logits (B, X, Y, Z). A privileged
+        teacher calls this with accumulated LiDAR instead of its own depth's pseudo points."""
+        logits = self.unet(evidence.permute(0, 3, 1, 2))  # (B, Z, X, Y)
+        return logits.permute(0, 2, 3, 1)

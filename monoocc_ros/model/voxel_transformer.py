@@ -165,9 +165,12 @@ class VoxelTransformer(nn.Module):
         image_hw: tuple[int, int],
         proposed: torch.Tensor,
         use_icca: bool = True,
+        query_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """features (B*K, C, h, w) of K cameras; projection (B, K, 3, 4) into images of
-        image_hw; proposed (B, X, Y, Z) bool. Returns (B, C, X, Y, Z), a channels-last view."""
+        image_hw; proposed (B, X, Y, Z) bool; query_bias (B, X*Y*Z, C) added to every voxel
+        after the cross-attention (a privileged teacher's LiDAR embedding). Returns (B, C, X, Y, Z), a
+        channels-last view."""
         b = projection.shape[0]
         feature_hw = tuple(features.shape[2:])
         features = features.flatten(2).transpose(1, 2)  # (B*K, h*w, C) tokens
@@ -179,6 +182,8 @@ class VoxelTransformer(nn.Module):
         x = self.mask_token.view(1, 1, c).expand(b, n, c)
         if len(self.cross) > 0:
             x = self._cross_attend_proposed(x, pos, ref, visible, proposed, features, feature_hw)
+        if query_bias is not None:  # after the cross-attention, so proposed voxels get it too
+            x = x + query_bias
         for layer in self.self_attn:
             x = layer(x, pos, self.ref3d.to(x.dtype), self.grid.shape)
         if use_icca:

@@ -54,7 +54,7 @@ def run_frame(
     except ValueError as exc:  # the camera model was rejected by the inference checks
         raise InputError(str(exc)) from exc
     t2 = time.perf_counter()
-    labels, confidence = predictor.postprocess(predictor.logits(prepared))
+    labels, confidence = predictor.postprocess(predictor.infer(prepared))
     labels = apply_confidence_threshold(labels, confidence, values["confidence_threshold"])
     t3 = time.perf_counter()
     header = image_msg.header.__class__()

@@ -25,6 +25,9 @@ class TrainConfig:
     data_root: str
     stage: str = "student"  # teacher: multi-frame model; student: monocular (distilled if a teacher is given)
     teacher_checkpoint: str | None = None  # frozen teacher for distillation (student stage)
+    # Where the teacher's outputs are computed once (trainer/teacher_cache.py): auto (the user
+    # cache, keyed by teacher and items), a folder, or off (run the teacher in every step).
+    teacher_cache: str = "auto"
     train_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's train split, those present
     val_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's val split (08), those present
     epochs: int = 20

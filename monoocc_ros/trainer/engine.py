@@ -45,7 +45,9 @@ from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.memory import configure_memory
 from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.paths import cache_dir
 from monoocc_ros.trainer.config import TrainConfig
+from monoocc_ros.trainer.teacher_cache import teacher_outputs
 
 
 @dataclass
@@ -105,9 +107,15 @@ def resolve_sequences(root: str, wanted: tuple[str, ...] | None, split: str) -> 
 
 
 def make_dataset(
-    model_cfg: ModelConfig, root: str, sequences: tuple[str, ...], offsets: tuple[int, ...]
+    model_cfg: ModelConfig,
+    root: str,
+    sequences: tuple[str, ...],
+    offsets: tuple[int, ...],
+    lidar_offsets: tuple[int, ...] = (),
 ) -> SemanticKITTIDataset:
-    scales = sorted({model_cfg.output_scale, model_cfg.query_scale} - {1})
+    """The Dataset a model trains or is scored on; `offsets` / `lidar_offsets`: the frames and
+    accumulated scans a teacher sees (its own, or the one distilling into this student)."""
+    scales = sorted({model_cfg.output_scale, model_cfg.logits_scale, model_cfg.query_scale} - {1})
     return SemanticKITTIDataset(
         DatasetConfig(
             root=root,
@@ -115,15 +123,22 @@ def make_dataset(
             image_size=network_input_size(model_cfg),
             frame_offsets=offsets if len(offsets) > 1 else (),
             downsample=tuple(scales),
+            lidar_offsets=lidar_offsets,
+            lidar_scale=model_cfg.query_scale,
         )
     )
 
 
-def model_inputs(batch: dict, cfg: ModelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (B, K, 3, H, W), projections (B, K, 3, 4)) for a student (K=1) or a teacher."""
-    if cfg.is_teacher:
-        return batch["other_images"].to(device), batch["other_projections"].to(device)
-    return batch["image"][:, None].to(device), batch["projection"][:, None].to(device)
+def model_inputs(batch: dict, cfg: ModelConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The model's arguments from a batch: (images (B, K, 3, H, W), projections (B, K, 3, 4)) for
+    a student (K=1) or a teacher, and a privileged teacher's accumulated LiDAR (B, Xq, Yq, Zq)."""
+    if len(cfg.frame_offsets) > 1:
+        views = (batch["other_images"].to(device), batch["other_projections"].to(device))
+    else:
+        views = (batch["image"][:, None].to(device), batch["projection"][:, None].to(device))
+    if cfg.privileged_lidar:
+        return (*views, batch["lidar_evidence"].to(device))
+    return views
 
 
 def lr_lambda(step: int, warmup: int, total: int) -> float:
@@ -134,11 +149,10 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def expand_logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
-    """(B, 20, X, Y, Z) -> (B, 256, 256, 32) labels on the SemanticKITTI grid."""
+def expand_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) labels at a model's output grid -> (B, 256, 256, 32) on the SemanticKITTI grid."""
     from monoocc_ros.inference import expand_to_full_grid
 
-    labels = logits.argmax(1)
     factor = 256 // labels.shape[1]
     return torch.stack([expand_to_full_grid(lab, factor) for lab in labels])
 
@@ -164,10 +178,9 @@ def evaluate(
     metrics = SSCMetrics()
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, generator=torch.Generator())
     for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
-        images, proj = model_inputs(batch, cfg, device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(images, proj)["logits"].float()
-        pred = expand_logits_to_labels(logits).cpu().numpy().astype("uint8")
+            labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
+        pred = expand_labels(labels).cpu().numpy().astype("uint8")
         metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy())
         if predictions_root is not None:
             seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
@@ -204,6 +217,70 @@ class _CSVLog:
             w.writerow(row)
 
 
+def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) -> MonoOcc | None:
+    """The frozen teacher named by `teacher_checkpoint` (None without one), checked against the student."""
+    if not cfg.teacher_checkpoint:
+        return None
+    if not (model_cfg.loss.distill_feature or model_cfg.loss.distill_logit):
+        raise ValueError(
+            f"teacher_checkpoint is set but {model_cfg.name}'s loss.distill_feature and loss.distill_logit are 0: "
+            "nothing would be distilled (set a weight, or drop the teacher)"
+        )
+    teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+    tc = tdata["model_config"]
+    if (tc.embed_dim, tc.query_scale, tc.logits_scale) != (
+        model_cfg.embed_dim,
+        model_cfg.query_scale,
+        model_cfg.logits_scale,
+    ):
+        raise ValueError(
+            f"teacher {tc.name} (embed_dim {tc.embed_dim}, query_scale {tc.query_scale}, logits at scale "
+            f"{tc.logits_scale}) cannot teach {model_cfg.name} (embed_dim {model_cfg.embed_dim}, query_scale "
+            f"{model_cfg.query_scale}, logits at scale {model_cfg.logits_scale})"
+        )
+    return teacher.to(dev).eval().requires_grad_(False)
+
+
+def training_set(
+    cfg: TrainConfig, model_cfg: ModelConfig, teacher: MonoOcc | None, dev: torch.device, info: DistInfo
+) -> tuple[Dataset, MonoOcc | None]:
+    """The training Dataset, and the teacher to run live in each step: None when there is no
+    teacher or its outputs come from the cache (`teacher_cache`, trainer/teacher_cache.py)."""
+    from monoocc_ros.checkpoint import sha256
+    from monoocc_ros.trainer.teacher_cache import TeacherCache, WithTeacherOutputs, cache_key
+
+    root = cfg.data_root
+    seqs = resolve_sequences(root, cfg.train_sequences, "train")
+    if teacher is None:
+        return make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar), None
+    tcfg = teacher.cfg
+    if cfg.teacher_cache == "off":  # the teacher's frames and LiDAR loaded with every item
+        return make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar), teacher
+    student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets)
+    with_logits = bool(model_cfg.loss.distill_logit)
+    sha = sha256(cfg.teacher_checkpoint)
+    items = [tuple(i) for i in student_set.items]
+    auto = cfg.teacher_cache == "auto"
+    path = cache_dir("teacher") / cache_key(sha, root, items, with_logits) if auto else Path(cfg.teacher_cache)
+    if not path.exists() and info.rank == 0:
+        print(f"computing the teacher's outputs once for {len(items)} training frames -> {path}", flush=True)
+        teacher_set = make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar)
+        TeacherCache.build(
+            teacher,
+            teacher_set,
+            path,
+            sha,
+            root,
+            with_logits,
+            lambda b: model_inputs(b, tcfg, dev),
+            dev,
+            info.rank == 0,
+        )
+    if info.world_size > 1:
+        dist.barrier()  # the other ranks wait for rank 0's cache
+    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, items, with_logits)), None
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -225,32 +302,10 @@ def train(
             f"{model_cfg.name} has frame_offsets {model_cfg.frame_offsets}"
         )
     torch.manual_seed(cfg.seed)
-    teacher = None
-    if cfg.teacher_checkpoint:
-        if not (model_cfg.loss.distill_feature or model_cfg.loss.distill_logit):
-            raise ValueError(
-                f"teacher_checkpoint is set but {model_cfg.name}'s loss.distill_feature and loss.distill_logit are 0: "
-                "nothing would be distilled (set a weight, or drop the teacher)"
-            )
-        teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
-        tc = tdata["model_config"]
-        if (tc.embed_dim, tc.query_scale, tc.output_scale) != (
-            model_cfg.embed_dim,
-            model_cfg.query_scale,
-            model_cfg.output_scale,
-        ):
-            raise ValueError(
-                f"teacher {tc.name} (embed_dim {tc.embed_dim}, query_scale {tc.query_scale}) cannot teach "
-                f"{model_cfg.name} (embed_dim {model_cfg.embed_dim}, query_scale {model_cfg.query_scale})"
-            )
-        teacher = teacher.to(dev).eval().requires_grad_(False)
-    offsets = teacher.cfg.frame_offsets if teacher is not None else model_cfg.frame_offsets
-
-    train_set = make_dataset(
-        model_cfg, cfg.data_root, resolve_sequences(cfg.data_root, cfg.train_sequences, "train"), offsets
-    )
+    teacher = load_teacher(cfg, model_cfg, dev)
+    train_set, teacher = training_set(cfg, model_cfg, teacher, dev, info)
     val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
-    val_set = make_dataset(model_cfg, cfg.data_root, val_seqs, model_cfg.frame_offsets)
+    val_set = make_dataset(model_cfg, cfg.data_root, val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = MonoOcc(model_cfg).to(dev)
@@ -355,8 +410,8 @@ def train(
         t_last, frames = time.perf_counter(), 0
         accum: dict[str, float] = {}
         for i, batch in enumerate(loader):
-            images, proj = model_inputs(batch, model_cfg, dev)
-            t_out = None
+            inputs = model_inputs(batch, model_cfg, dev)
+            t_out = teacher_outputs(batch, dev) if "teacher_voxel_features" in batch else None
             if teacher is not None:  # frozen, on its own frames (the Dataset loads the teacher's offsets)
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                     t_out = teacher(*model_inputs(batch, teacher.cfg, dev))
@@ -365,14 +420,14 @@ def train(
             sync = (i + 1) % cfg.grad_accum == 0
             ctx = ddp_model.no_sync() if (info.world_size > 1 and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                out = ddp_model(images, proj)
+                out = ddp_model(*inputs)
                 terms = loss_fn(
-                    out, targets, target_key(model_cfg.output_scale), target_key(model_cfg.query_scale), t_out
+                    out, targets, target_key(model_cfg.logits_scale), target_key(model_cfg.query_scale), t_out
                 )
                 scaler.scale(terms["total"] / cfg.grad_accum).backward()
             for k, v in terms.items():
                 accum[k] = accum.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            frames += images.shape[0] * info.world_size
+            frames += inputs[0].shape[0] * info.world_size
             if not sync:
                 continue
             scaler.unscale_(optimizer)

@@ -32,7 +32,7 @@ def _load(
     dev = resolve_device(device)
     model, _ = build_model_from_checkpoint(checkpoint)
     seqs = resolve_sequences(data, sequences, split)
-    dataset = make_dataset(model.cfg, data, seqs, model.cfg.frame_offsets)
+    dataset = make_dataset(model.cfg, data, seqs, model.cfg.frame_offsets, model.cfg.privileged_lidar)
     return model.to(dev), dataset, dev
 
 
