@@ -64,13 +64,10 @@ data: setup data/benchmark/splits.yaml
 data/benchmark/splits.yaml:
 	$(VENV)/bin/monoocc synth --preset benchmark --out data/benchmark
 
-# Synthetic data for the current ablation configs (models/README.md): 4 training sequences, 1 held out.
-data/synth/sequences/08/times.txt:
-	$(VENV)/bin/monoocc synth --out data/synth --sequences 4 --frames 100 --seed 0
-	$(VENV)/bin/monoocc synth --out data/synth --first-sequence 8 --sequences 1 --frames 40 --seed 1
-
-ablation: setup data/synth/sequences/08/times.txt
-	$(VENV)/bin/monoocc ablation --data data/synth --seeds 42 43
+# The ablation (monoocc_ros/trainer/ablation.py): 5 variants x 3 seeds on the benchmark. Each
+# finished run leaves results/ablation/*.json (committed), so this resumes across sessions.
+ablation: setup data/benchmark/splits.yaml
+	$(VENV)/bin/monoocc ablation --data data/benchmark --seeds 42 43 44
 
 clean:
 	rm -rf build demo_out .pytest_cache

@@ -119,8 +119,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=20)
 
     abl = sub.add_parser("ablation", help="train and score the ablation variants; writes docs/results.md")
-    abl.add_argument("--data", required=True, help="synthetic dataset root (train 00-03, val 08)")
-    abl.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    abl.add_argument("--data", default="data/benchmark", help="dataset root with splits.yaml (default data/benchmark)")
+    abl.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    abl.add_argument("--steps", type=int, default=1500, help="training steps of every student variant (default 1500)")
+    abl.add_argument("--teacher-steps", type=int, default=3000, help="training steps of the teacher (default 3000)")
     abl.add_argument("--out", default="runs/ablation")
     abl.add_argument("--results", default="docs/results.md")
     abl.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ablation":
         from monoocc_ros.trainer.ablation import run as run_ablation
 
-        print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results))
+        print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
+                           steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
         return 0
     if args.command == "demo":
         from monoocc_ros.demo import run_demo

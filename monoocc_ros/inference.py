@@ -21,6 +21,7 @@ the CPU.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from monoocc_ros.geometry import (
     IMAGE_WIDTH,
     KITTI_CALIB,
     SEMANTIC_KITTI_GRID,
+    in_image,
+    project_points,
     resize_image_and_projection,
     to_homogeneous,
 )
@@ -90,6 +93,24 @@ def validate_camera(image: np.ndarray, intrinsics: np.ndarray, extrinsic: np.nda
     if not np.allclose(r @ r.T, np.eye(3), atol=1e-3):
         raise ValueError("extrinsic rotation is not orthonormal")
     return k, e
+
+
+def camera_view_mask(intrinsics: np.ndarray, extrinsic: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(256, 256, 32) bool: SemanticKITTI voxels whose centre projects onto a pixel of an image of
+    `image_hw` (H, W) in front of the camera. Cached per camera (it rarely changes)."""
+    k = np.asarray(intrinsics, dtype=np.float64)
+    k = np.concatenate([k, np.zeros((3, 1))], 1) if k.shape == (3, 3) else k
+    projection = k @ to_homogeneous(extrinsic)
+    return _view_mask(projection.tobytes(), int(image_hw[0]), int(image_hw[1]))
+
+
+@functools.lru_cache(maxsize=4)
+def _view_mask(projection: bytes, height: int, width: int) -> np.ndarray:
+    p = np.frombuffer(projection, dtype=np.float64).reshape(3, 4)
+    uv, depth = project_points(SEMANTIC_KITTI_GRID.voxel_centers().reshape(-1, 3), p)
+    mask = ((depth > 0) & in_image(uv, width, height)).reshape(SEMANTIC_KITTI_GRID.shape)
+    mask.flags.writeable = False  # shared by every caller through the cache
+    return mask
 
 
 @dataclass(frozen=True)

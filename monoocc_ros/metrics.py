@@ -13,7 +13,7 @@ All figures are percentages.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -28,15 +28,22 @@ class SSCScores:
     class_iou: tuple[float, ...]  # 20 entries; index 0 (empty) is reported but not in the mean
     miou: float
     num_voxels: int
+    # The same scores on the voxels inside the camera's field of view only (`RegionMetrics`);
+    # outside it a monocular model can only repeat a scene prior.
+    in_view: SSCScores | None = None
 
     @property
     def small_object_iou(self) -> float:
         return float(np.mean([self.class_iou[c] for c in SMALL_OBJECT_CLASSES]))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, in_view=None))
         d["class_iou"] = {name: iou for name, iou in zip(CLASS_NAMES, self.class_iou, strict=True)}
         d["small_object_iou"] = self.small_object_iou
+        if self.in_view is not None:
+            d["in_view"] = self.in_view.to_dict()
+        else:
+            del d["in_view"]
         return d
 
     def to_json(self) -> str:
@@ -55,6 +62,12 @@ class SSCScores:
         ]
         lines += [f"{name:<18}{iou:8.2f}" for name, iou in zip(CLASS_NAMES[1:], self.class_iou[1:], strict=True)]
         lines.append(f"({self.num_voxels} voxels evaluated)")
+        if self.in_view is not None:
+            v = self.in_view
+            lines.append(
+                f"in the camera's view ({v.num_voxels} voxels): completion IoU {v.completion_iou:.2f}, mIoU "
+                f"{v.miou:.2f}, precision {v.precision:.2f}, recall {v.recall:.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -93,6 +106,22 @@ class SSCMetrics:
 
     def scores(self) -> SSCScores:
         return scores_from_confusion(self.conf)
+
+
+class RegionMetrics:
+    """Full-grid scores and, beside them, the scores of the voxels in the camera's view."""
+
+    def __init__(self) -> None:
+        self.full, self.view = SSCMetrics(), SSCMetrics()
+
+    def update(self, pred: np.ndarray, target: np.ndarray, invalid: np.ndarray | None, view: np.ndarray) -> None:
+        """As `SSCMetrics.update`; `view` (same shape) bool, True inside the camera's view."""
+        self.full.update(pred, target, invalid)
+        outside = ~np.asarray(view, dtype=bool)
+        self.view.update(pred, target, outside if invalid is None else (np.asarray(invalid, dtype=bool) | outside))
+
+    def scores(self) -> SSCScores:
+        return replace(self.full.scores(), in_view=self.view.scores())
 
 
 def _ratio(num: float, den: float) -> float:

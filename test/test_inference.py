@@ -128,3 +128,31 @@ def test_export_strips_training_state(tmp_path, tiny):
     assert "optimizer" not in data and data["step"] == 3 and data["metrics"] == {"miou": 1.0}
     model, _ = build_model_from_checkpoint(tmp_path / "ship.pt")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny.state_dict().values(), strict=True))
+
+
+def test_camera_view_mask_and_field_of_view_policy():
+    """The view is what projects onto the image in front of the camera (KITTI: about a wedge of
+    +-40 degrees ahead); outside it labels become unknown (or stay, with `predict`) and the
+    confidence is 0, so no unseen voxel ranks above a seen one."""
+    from monoocc_ros.geometry import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB, SEMANTIC_KITTI_GRID
+    from monoocc_ros.inference import camera_view_mask
+    from monoocc_ros.ros.pipeline import apply_field_of_view
+
+    view = camera_view_mask(KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (IMAGE_HEIGHT, IMAGE_WIDTH))
+    assert view.shape == SEMANTIC_KITTI_GRID.shape and view.dtype == bool
+    ix = lambda x, y, z: tuple(int((v - o) / 0.2) for v, o in zip((x, y, z), SEMANTIC_KITTI_GRID.origin))  # noqa: E731
+    assert view[ix(20.0, 0.0, 0.0)] and view[ix(40.0, 10.0, 0.5)]  # ahead, and 14 degrees to the left
+    assert not view[ix(20.0, 24.0, 0.0)] and not view[ix(1.0, 0.0, -1.7)]  # 50 degrees left; the ground at 1 m
+    assert 0.2 < view.mean() < 0.9
+    half = camera_view_mask(KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (IMAGE_HEIGHT, IMAGE_WIDTH // 2))
+    assert half.sum() < view.sum() and not (half & ~view).any()  # a narrower image sees a subset
+
+    labels = np.full(SEMANTIC_KITTI_GRID.shape, 9, np.uint8)
+    confidence = np.full(SEMANTIC_KITTI_GRID.shape, 0.7, np.float32)
+    lab, conf = apply_field_of_view(labels, confidence, view, "unknown")
+    assert (lab[view] == 9).all() and (lab[~view] == 255).all()
+    assert (conf[view] == np.float32(0.7)).all() and (conf[~view] == 0).all()
+    lab, conf = apply_field_of_view(labels, confidence, view, "predict")
+    assert (lab == 9).all() and (conf[~view] == 0).all()
+    with pytest.raises(ValueError, match="outside_view must be one of"):
+        apply_field_of_view(labels, confidence, view, "guess")

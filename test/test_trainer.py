@@ -149,6 +149,26 @@ def test_ablation_table_reports_spread_and_missing_runs():
     assert "| teacher | not run | not run | not run | not run |" in text
 
 
+def test_ablation_tabulates_committed_records_without_training(tmp_path):
+    """`make ablation` resumes across machines: a run whose record exists is read, not retrained."""
+    import json
+
+    from monoocc_ros.trainer.ablation import run, slug
+
+    records = tmp_path / "records"
+    records.mkdir()
+    for seed, full, nodistill in ((42, 20.0, 18.0), (43, 22.0, 18.5), (44, 21.0, 17.5)):
+        for variant, miou in (("student (full)", full), ("student w/o distillation", nodistill)):
+            metrics = {"completion_iou": 50.0, "miou": miou, "small_object_iou": 1.0, "class_iou": [0.0] * 20}
+            (records / f"{slug(variant, seed)}.json").write_text(json.dumps({"metrics": metrics}))
+    text = run("unused", [42, 43, 44], str(tmp_path / "runs"), execute=False, results=str(tmp_path / "r.md"),
+               records=str(records))  # fmt: skip
+    assert "| student (full) | 50.00 ± 0.00 (n=3) | 21.00 ± 0.82 (n=3) |" in text
+    assert "| student w/o distillation | 50.00 ± 0.00 (n=3) | 18.00 ± 0.41 (n=3) |" in text
+    assert "lower (-3.00 mIoU, beyond the seed spread 0.82)" in text
+    assert "| teacher | not run |" in text and not (tmp_path / "runs").exists()
+
+
 def test_train_config_errors_name_the_key(tmp_path):
     from monoocc_ros.model.config import ConfigError
 

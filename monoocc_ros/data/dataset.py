@@ -73,6 +73,7 @@ class _Sequence:
     poses: np.ndarray | None
     times: np.ndarray | None
     num_images: int
+    first_image: Path  # its size is the camera's image size
 
 
 def list_sequences(root: str | Path) -> list[str]:
@@ -174,6 +175,7 @@ class SemanticKITTIDataset(Dataset):
                 poses=F.read_poses(path / "poses.txt") if (path / "poses.txt").exists() else None,
                 times=F.read_times(path / "times.txt") if (path / "times.txt").exists() else None,
                 num_images=len(images),
+                first_image=images[0],
             )
             if cfg.frame_offsets and any(cfg.frame_offsets) and seq.poses is None:
                 raise FileNotFoundError(f"{path / 'poses.txt'} is needed for frame offsets {cfg.frame_offsets}")
@@ -213,6 +215,16 @@ class SemanticKITTIDataset(Dataset):
         if not (0 <= j < seq.num_images) or seq.poses is None or j >= len(seq.poses):
             return frame
         return j
+
+    def view_mask(self, name: str) -> np.ndarray:
+        """(256, 256, 32) bool: voxels inside image_2's field of view in sequence `name` (its
+        calibration and the size of its first image)."""
+        from monoocc_ros.inference import camera_view_mask
+
+        seq = self.sequences[name]
+        with Image.open(seq.first_image) as img:  # the size only: no pixels decoded
+            w, h = img.size
+        return camera_view_mask(seq.calib["P2"], seq.calib["Tr"], (h, w))
 
     def lidar_evidence(self, name: str, frame: int) -> np.ndarray:
         """`lidar_evidence` of one frame: the scans at `lidar_offsets` in this frame's LiDAR frame,

@@ -25,10 +25,6 @@ from monoocc_ros.data.dataset import load_voxel_target
 from monoocc_ros.geometry import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
-    SEMANTIC_KITTI_GRID,
-    in_image,
-    lidar_projection,
-    project_points,
 )
 
 BUILDING = CLASS_NAMES.index("building")
@@ -76,10 +72,9 @@ def reference_class_share() -> np.ndarray:
 def in_view_mask(calib: dict[str, np.ndarray], size: tuple[int, int] = (IMAGE_WIDTH, IMAGE_HEIGHT)) -> np.ndarray:
     """(X, Y, Z) bool: voxel centres projecting inside image_2 (`size` = width, height) in front
     of the camera."""
-    uv, depth = project_points(
-        SEMANTIC_KITTI_GRID.voxel_centers().reshape(-1, 3), lidar_projection(calib["P2"], calib["Tr"])
-    )
-    return ((depth > 0) & in_image(uv, *size)).reshape(SEMANTIC_KITTI_GRID.shape)
+    from monoocc_ros.inference import camera_view_mask
+
+    return camera_view_mask(calib["P2"], calib["Tr"], (size[1], size[0]))
 
 
 def image_size(folder: Path) -> tuple[int, int]:

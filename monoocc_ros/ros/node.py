@@ -36,6 +36,7 @@ class Param:
     runtime: bool = False  # may be changed while the node runs
 
 
+OUTSIDE_VIEW = ("unknown", "predict")  # values of `outside_view` (ros/pipeline.apply_field_of_view)
 DEFAULT_EXTRINSIC = [float(v) for v in KITTI_CALIB["Tr"].reshape(-1)]
 
 # The one table of parameters: declared by the node, checked against config/occ.yaml by the
@@ -62,6 +63,9 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
     Param("confidence_threshold", float, 0.0, "Voxels whose predicted class probability is below this are "
           "published as unknown (255).", runtime=True),
+    Param("outside_view", str, "unknown", "Voxels outside the camera's field of view: unknown (255; the camera "
+          "saw nothing there, the network's answer is a scene prior) or predict (the network's answer, with "
+          "confidence 0).", runtime=True),
     Param("publish_confidence", bool, True, "Fill VoxelGrid.confidence (2 MB more per message).", runtime=True),
     Param("processing_budget_ms", float, 500.0, "Diagnostics turn WARN when processing takes longer.",
           runtime=True),
@@ -102,6 +106,8 @@ def validate_params(values: dict[str, Any]) -> list[str]:
     for key in ("queue_depth",):
         if key in values and values[key] < 1:
             errors.append(f"{key} must be >= 1, got {values[key]}")
+    if "outside_view" in values and values["outside_view"] not in OUTSIDE_VIEW:
+        errors.append(f"outside_view must be one of {', '.join(OUTSIDE_VIEW)}, got {values['outside_view']!r}")
     if "max_marker_cubes" in values and values["max_marker_cubes"] < 0:
         errors.append(f"max_marker_cubes must be >= 0, got {values['max_marker_cubes']}")
     return errors

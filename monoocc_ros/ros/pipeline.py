@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
-from monoocc_ros.inference import Predictor
+from monoocc_ros.inference import Predictor, camera_view_mask
 from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
+from monoocc_ros.ros.node import OUTSIDE_VIEW
 from monoocc_ros.ros.visualization import build_markers, build_pointcloud
 
 
@@ -23,6 +24,20 @@ class FrameOutputs:
     markers: Any = None
     points: Any = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def apply_field_of_view(
+    labels: np.ndarray, confidence: np.ndarray, view: np.ndarray, outside_view: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outside the camera's view (`view` False) the network can only repeat what scenes usually
+    look like (unrelated and all-black images agree there): its confidence becomes 0, so it never
+    ranks above a voxel the camera saw, and with "unknown" its label becomes 255."""
+    if outside_view not in OUTSIDE_VIEW:
+        raise ValueError(f"outside_view must be one of {OUTSIDE_VIEW}, got {outside_view!r}")
+    confidence = np.where(view, confidence, np.float32(0.0))
+    if outside_view == "unknown":
+        labels = np.where(view, labels, np.uint8(255))
+    return labels, confidence
 
 
 def apply_confidence_threshold(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
@@ -42,7 +57,7 @@ def run_frame(
     want_points: bool,
 ) -> FrameOutputs:
     """`values`: the node's parameter values (grid_frame, grid_to_camera, confidence_threshold,
-    publish_confidence, max_marker_cubes). Raises InputError for unusable messages."""
+    publish_confidence, max_marker_cubes, outside_view). Raises InputError for unusable messages."""
     t = {}
     t0 = time.perf_counter()
     rgb = image_to_rgb(image_msg)
@@ -55,6 +70,8 @@ def run_frame(
         raise InputError(str(exc)) from exc
     t2 = time.perf_counter()
     labels, confidence = predictor.postprocess(predictor.infer(prepared))
+    view = camera_view_mask(intrinsics, extrinsic, rgb.shape[:2])
+    labels, confidence = apply_field_of_view(labels, confidence, view, values["outside_view"])
     labels = apply_confidence_threshold(labels, confidence, values["confidence_threshold"])
     t3 = time.perf_counter()
     header = image_msg.header.__class__()

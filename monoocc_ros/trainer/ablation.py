@@ -1,15 +1,24 @@
-"""`monoocc ablation` (what `make ablation` runs): the paper's claims at small scale.
+"""`monoocc ablation` (what `make ablation` runs): the paper's claims at CPU scale, on the benchmark.
 
-On the same synthetic data, for each seed: the teacher, then the student with everything (2D loss,
-ICCA, distillation from that seed's teacher), without distillation, without the 2D loss and
-without ICCA. Each run is an ordinary `monoocc train` run under runs/ablation/<variant>_seed<S>/
-(a finished run is reused, so the command can be resumed after an interruption); the table of
-completion IoU, mIoU, small-object IoU and rare-class IoU (mean and spread over seeds) goes to
-docs/results.md. Variants with no finished run are listed as not run, never filled in.
+For each seed: the privileged teacher, then the student with everything (2D loss, ICCA,
+distillation from that seed's teacher), without distillation, without the 2D loss and without
+ICCA; the students all train the same number of steps, the teacher longer. Each run is an
+ordinary `monoocc train` run under runs/ablation/<variant>_seed<S>/ and resumes from its last.pt.
+
+What survives a session: each finished run writes `results/ablation/<variant>_seed<S>.json`
+(validation metrics, steps, wall time, config), small and committed. A run whose JSON exists is
+never trained again, so `make ablation` continues across sessions and machines where the last
+one stopped. (A distilled variant needs its seed's teacher checkpoint: on a machine without
+runs/, a teacher whose JSON exists is trained again, deterministically from its seed.)
+
+The table (mean ± standard deviation over seeds, the paper's direction beside each component)
+goes to docs/results.md. Variants without a finished run are listed as not run, never filled in.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,13 +40,21 @@ VARIANTS: dict[str, tuple[str, dict | None, bool]] = {
     "student w/o ICCA": ("config/train/student_tiny.yaml", {"icca_layers": 0}, True),
 }
 
+# MonoOcc (ICRA 2024), SemanticKITTI val: what removing each component does to mIoU.
+PAPER_DIRECTION = {
+    "student w/o distillation": "lower (distillation: +0.6 to +1 mIoU in the paper)",
+    "student w/o 2D loss": "lower (the 2D semantic loss helps)",
+    "student w/o ICCA": "lower (ICCA: about +0.5 to +1 mIoU)",
+    "teacher": "higher than the student (the privileged model)",
+}
 
-def run_dir(root: Path, variant: str, seed: int) -> Path:
-    slug = variant.replace(" ", "_").replace("/", "").replace("(", "").replace(")", "")
-    return root / f"{slug}_seed{seed}"
+
+def slug(variant: str, seed: int) -> str:
+    return f"{variant.replace(' ', '_').replace('/', '').replace('(', '').replace(')', '')}_seed{seed}"
 
 
 def finished_metrics(directory: Path) -> dict | None:
+    """The final validation metrics of a run in `directory`, None unless it finished."""
     ckpt = directory / "last.pt"
     if not ckpt.is_file():
         return None
@@ -49,6 +66,33 @@ def finished_metrics(directory: Path) -> dict | None:
     return data["metrics"]
 
 
+def run_config(variant: str, seed: int, data_root: str, steps: int, teacher_steps: int, out: Path) -> TrainConfig:
+    path, overrides, distilled = VARIANTS[variant]
+    cfg = TrainConfig.from_yaml(path, {"data_root": data_root})
+    return replace(
+        cfg,
+        name=f"{variant} seed {seed}",
+        seed=seed,
+        max_steps=teacher_steps if variant == "teacher" else steps,
+        out_dir=str(out / slug(variant, seed)),
+        model_overrides=overrides,
+        teacher_checkpoint=str(out / slug("teacher", seed) / "last.pt") if distilled else None,
+    )
+
+
+def train_variant(cfg: TrainConfig, device: str) -> tuple[dict, float]:
+    """Train (or resume) one run to its end; (final metrics, wall seconds of this call)."""
+    from monoocc_ros.trainer.engine import train
+
+    last = cfg.output_dir / "last.pt"
+    start = time.perf_counter()
+    train(cfg, resume=str(last) if last.exists() else None, device=device)
+    metrics = finished_metrics(cfg.output_dir)
+    if metrics is None:
+        raise RuntimeError(f"{cfg.name}: training returned without a finished run in {cfg.output_dir}")
+    return metrics, time.perf_counter() - start
+
+
 def run(
     data_root: str,
     seeds: list[int],
@@ -56,33 +100,29 @@ def run(
     execute: bool = True,
     results: str = "docs/results.md",
     device: str = "cpu",
+    steps: int = 1500,
+    teacher_steps: int = 3000,
+    records: str = "results/ablation",
 ) -> str:
-    from monoocc_ros.trainer.engine import train
-
-    root = Path(out_root)
+    out, record_dir = Path(out_root), Path(records)
+    record_dir.mkdir(parents=True, exist_ok=True)
     table: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in seeds:
-        teacher_dir = run_dir(root, "teacher", seed)
-        for variant, (path, overrides, distilled) in VARIANTS.items():
-            directory = run_dir(root, variant, seed)
-            metrics = finished_metrics(directory)
-            if metrics is None and execute:
-                cfg = TrainConfig.from_yaml(path, {"data_root": data_root})
-                cfg = replace(
-                    cfg,
-                    name=f"{variant} seed {seed}",
-                    seed=seed,
-                    out_dir=str(directory),
-                    model_overrides=overrides,
-                    teacher_checkpoint=str(teacher_dir / "last.pt") if distilled else None,
-                )
-                train(
-                    cfg, resume=str(directory / "last.pt") if (directory / "last.pt").exists() else None, device=device
-                )
-                metrics = finished_metrics(directory)
-            if metrics is not None:
-                table[variant].append(metrics)
-    text = format_results(table, seeds)
+        for variant in VARIANTS:
+            record = record_dir / f"{slug(variant, seed)}.json"
+            if not record.is_file() and execute:
+                cfg = run_config(variant, seed, data_root, steps, teacher_steps, out)
+                if cfg.teacher_checkpoint and not Path(cfg.teacher_checkpoint).is_file():
+                    train_variant(run_config("teacher", seed, data_root, steps, teacher_steps, out), device)
+                metrics, seconds = train_variant(cfg, device)
+                payload = {"variant": variant, "seed": seed, "steps": cfg.max_steps, "wall_seconds_last_call": seconds,
+                           "data_root": data_root, "metrics": metrics, "train_config": cfg.to_dict()}  # fmt: skip
+                tmp = record.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(payload, indent=1, default=str))
+                tmp.replace(record)
+            if record.is_file():
+                table[variant].append(json.loads(record.read_text())["metrics"])
+    text = format_results(table, seeds, steps, teacher_steps)
     Path(results).write_text(text)
     return text
 
@@ -95,23 +135,43 @@ def _stat(values: list[float]) -> str:
     return f"{a.mean():.2f}{spread} (n={a.size})"
 
 
-def format_results(table: dict[str, list[dict]], seeds: list[int]) -> str:
+def _direction(table: dict[str, list[dict]], variant: str) -> str:
+    """What this table shows for a component, against the full student, in words."""
+    full = [m["miou"] for m in table.get("student (full)", [])]
+    mine = [m["miou"] for m in table.get(variant, [])]
+    if len(full) < 2 or len(mine) < 2:
+        return "too few runs to say"
+    diff = float(np.mean(mine) - np.mean(full))
+    spread = float(max(np.std(mine), np.std(full)))
+    word = "higher" if diff > 0 else "lower"
+    if abs(diff) <= spread:
+        return f"{diff:+.2f} mIoU, within the seed spread ({spread:.2f}): no effect shown"
+    return f"{word} ({diff:+.2f} mIoU, beyond the seed spread {spread:.2f})"
+
+
+def format_results(table: dict[str, list[dict]], seeds: list[int], steps: int = 1500, teacher_steps: int = 3000) -> str:
     lines = [
-        "# Ablation on the synthetic world (CPU-size models)",
+        "# Ablation on the synthetic benchmark (CPU-size models)",
         "",
         "Generated by `make ablation` (`monoocc ablation`); every number comes from a finished training run",
-        f"under runs/ablation/. Seeds: {seeds}. Mean ± standard deviation over the seeds that ran; metrics on",
-        "the held-out synthetic sequence 08, full 256x256x32 grid, official SSC definitions.",
+        f"whose record is in results/ablation/. Seeds: {seeds}. Students {steps} steps, teacher {teacher_steps} steps,",
+        "batch 1.",
+        "Mean ± standard deviation over the seeds that ran; validation split of the benchmark (worlds 08, 11, 12),",
+        "full 256x256x32 grid, official SSC definitions.",
         f"Small objects: {', '.join(CLASS_NAMES[c] for c in SMALL_OBJECT_CLASSES)}. Rare classes (six least frequent",
         f"in SemanticKITTI): {', '.join(CLASS_NAMES[c] for c in RARE_CLASSES)}.",
         "",
-        "| variant | completion IoU | mIoU | small-object IoU | rare-class IoU |",
-        "|---|---|---|---|---|",
+        "| variant | completion IoU | mIoU | small-object IoU | rare-class IoU | paper: mIoU of this variant | here |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, runs in table.items():
         ciou = [m["completion_iou"] for m in runs]
         miou = [m["miou"] for m in runs]
         small = [m["small_object_iou"] for m in runs]
         rare = [float(np.mean([m["class_iou"][c] for c in RARE_CLASSES])) for m in runs]
-        lines.append(f"| {variant} | {_stat(ciou)} | {_stat(miou)} | {_stat(small)} | {_stat(rare)} |")
+        paper = PAPER_DIRECTION.get(variant, "(reference)")
+        here = _direction(table, variant) if variant in PAPER_DIRECTION else ""
+        lines.append(
+            f"| {variant} | {_stat(ciou)} | {_stat(miou)} | {_stat(small)} | {_stat(rare)} | {paper} | {here} |"
+        )
     return "\n".join(lines) + "\n"

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from monoocc_ros.classes import IGNORE, NUM_CLASSES
 from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset, list_sequences, load_voxel_target
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
-from monoocc_ros.metrics import SSCMetrics, SSCScores
+from monoocc_ros.metrics import RegionMetrics, SSCScores
 from monoocc_ros.paths import cache_dir
 
 PRIOR_CACHE_VERSION = 1  # bump when the prior's definition changes, so old cache files are not reused
@@ -138,12 +138,12 @@ def image_free_prior(root: str | Path, sequences: tuple[str, ...], progress: boo
 def score_fixed_prediction(prediction: np.ndarray, dataset: SemanticKITTIDataset, progress: bool = True) -> SSCScores:
     """SSC scores of one prediction used for every frame of `dataset`, read with the Dataset's
     own target reader (same targets, same invalid mask) but without decoding any image."""
-    metrics = SSCMetrics()
+    metrics = RegionMetrics()
     for name, frame in tqdm(dataset.items, desc="prior eval", unit="frame", disable=not progress, leave=False):
         stem = dataset.sequences[name].path / "voxels" / f"{frame:06d}"
         if stem.with_suffix(".label").exists():
             target, invalid = load_voxel_target(stem)
-            metrics.update(prediction, target, invalid)
+            metrics.update(prediction, target, invalid, dataset.view_mask(name))
     return metrics.scores()
 
 
@@ -194,6 +194,9 @@ class OtherImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def view_mask(self, name: str):
+        return self.base.view_mask(name)  # the scored geometry is the base sequence's
 
     def donor_frame(self, name: str, frame: int) -> tuple[str, int]:
         """(donor sequence, donor frame) whose image replaces `frame` of sequence `name`."""
@@ -255,8 +258,14 @@ class ControlReport:
             f"other images from ({donors})",
             f"{'':<18}{'compl. IoU':>11}{'mIoU':>8}{'precision':>11}{'recall':>8}",
         ]
-        for label, s in (("model", self.model), ("image-free prior", self.prior), ("other image", self.other_image)):
+        rows = (("model", self.model), ("image-free prior", self.prior), ("other image", self.other_image))
+        for label, s in rows:
             lines.append(f"{label:<18}{s.completion_iou:11.2f}{s.miou:8.2f}{s.precision:11.2f}{s.recall:8.2f}")
+        if all(s.in_view is not None for _, s in rows):
+            lines.append("in the camera's view only:")
+            for label, s in rows:
+                v = s.in_view
+                lines.append(f"{label:<18}{v.completion_iou:11.2f}{v.miou:8.2f}{v.precision:11.2f}{v.recall:8.2f}")
         drop = "n/a (model mIoU is 0)" if self.relative_drop is None else f"{self.relative_drop:.1f} %"
         lines.append(
             f"perception gain: {self.perception_gain:.2f} mIoU points (model {self.model.miou:.2f} - other image "

@@ -40,7 +40,7 @@ from monoocc_ros.data.dataset import (
     load_splits,
 )
 from monoocc_ros.inference import network_input_size, resolve_device
-from monoocc_ros.metrics import SSCMetrics, SSCScores
+from monoocc_ros.metrics import RegionMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.memory import configure_memory
@@ -168,22 +168,24 @@ def evaluate(
     desc: str = "eval",
 ) -> SSCScores:
     """SSC metrics on the full 256x256x32 grid (coarser outputs are repeated), as the official
-    evaluator; optionally writes predictions as SemanticKITTI raw-id .label files. `dataset`: a
-    SemanticKITTIDataset or a wrapper yielding the same items (the controls' other-image one)."""
+    evaluator, with the same scores inside the camera's view beside them (`.in_view`); optionally
+    writes predictions as SemanticKITTI raw-id .label files. `dataset`: a SemanticKITTIDataset or
+    a wrapper yielding the same items and `view_mask` (the controls' other-image one)."""
     from monoocc_ros.classes import train_to_raw
     from monoocc_ros.data import formats as F
 
     cfg = model.cfg
     model.eval()
-    metrics = SSCMetrics()
+    metrics = RegionMetrics()
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, generator=torch.Generator())
     for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
             labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
         pred = expand_labels(labels).cpu().numpy().astype("uint8")
-        metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy())
+        seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
+        view = dataset.view_mask(seq)[None]
+        metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy(), view)
         if predictions_root is not None:
-            seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
             out = predictions_root / "sequences" / seq / "predictions"
             out.mkdir(parents=True, exist_ok=True)
             F.write_voxel_labels(out / f"{frame:06d}.label", train_to_raw(pred[0]))
