@@ -5,6 +5,7 @@ file only parses arguments and dispatches, importing heavy modules lazily so tha
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -185,8 +186,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A user's mistake (a path that does not exist, a file of the wrong kind, a bad value) reaches
+# here as one of these; it is printed as one line and exits 2. Anything else is a bug and keeps its
+# traceback. MONOOCC_DEBUG=1 shows the traceback of user errors too.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML and rosbags errors span several)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError):
+        text = f"missing entry {text}"
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as exc:
+        if os.environ.get("MONOOCC_DEBUG"):
+            raise
+        name = args.command if args.command != "bag" else f"bag {args.bag_command}"
+        if args.command == "bench" and getattr(args, "what", None):
+            name = f"bench {args.what}"
+        print(f"monoocc {name}: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "synth":
         import time
 

@@ -140,7 +140,7 @@ def test_camera_view_mask_and_field_of_view_policy():
 
     view = camera_view_mask(KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (IMAGE_HEIGHT, IMAGE_WIDTH))
     assert view.shape == SEMANTIC_KITTI_GRID.shape and view.dtype == bool
-    ix = lambda x, y, z: tuple(int((v - o) / 0.2) for v, o in zip((x, y, z), SEMANTIC_KITTI_GRID.origin))  # noqa: E731
+    ix = lambda x, y, z: tuple(int((v - o) / 0.2) for v, o in zip((x, y, z), SEMANTIC_KITTI_GRID.origin, strict=True))  # noqa: E731
     assert view[ix(20.0, 0.0, 0.0)] and view[ix(40.0, 10.0, 0.5)]  # ahead, and 14 degrees to the left
     assert not view[ix(20.0, 24.0, 0.0)] and not view[ix(1.0, 0.0, -1.7)]  # 50 degrees left; the ground at 1 m
     assert 0.2 < view.mean() < 0.9

@@ -96,7 +96,7 @@ def test_validation_messages():
     assert "needs backend onnxruntime" in errs[2]
 
 
-def test_node_help_and_bad_parameter_at_startup():
+def test_node_help_and_bad_parameter_at_startup(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "monoocc_ros.ros.node", "--help"], capture_output=True, text=True, timeout=60
     )
@@ -111,6 +111,17 @@ def test_node_help_and_bad_parameter_at_startup():
     assert (
         "invalid parameters: device must be auto, cpu, cuda or cuda:N, got 'tpu'; sync_slop must be >= 0" in bad.stderr
     )
+    params = tmp_path / "params.yaml"
+    params.write_text("ros__parameters: [unclosed\n")
+    for args, expected in (
+        (["--params-file", str(params)], "params.yaml"),  # not ROS parameter YAML
+        (["-p", "sync_slop:=1"], "expecting type 'DOUBLE'"),  # an integer where a double is declared
+    ):
+        bad = subprocess.run([sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args", *args],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("occupancy_node: ") and expected in lines[0], lines
 
 
 def test_cuda_only_settings_without_cuda_refuse_to_start():

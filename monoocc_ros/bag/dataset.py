@@ -87,7 +87,7 @@ def from_dataset(
         raise FileNotFoundError(f"{seq / 'image_2'} has no .png images")
     if max_frames:
         images = images[:max_frames]
-    calib = F.read_calib(seq / "calib.txt")
+    calib = F.read_calib(seq / "calib.txt", require_tr=False)  # the bag carries images and P2 only
     times = F.read_times(seq / "times.txt")
     store = typestore()
     counts = {"images": 0, "ground_truth": 0}

@@ -51,6 +51,9 @@ def load_ground_truth(gt_bag: str | Path, topic: str = GT_TOPIC) -> dict[int, np
 def score_bags(
     pred_bag: str | Path, gt_bag: str | Path, pred_topic: str = PRED_TOPIC, gt_topic: str = GT_TOPIC
 ) -> ReplayScores:
+    for path in (pred_bag, gt_bag):  # both named before either is read
+        if not Path(path).exists():
+            raise FileNotFoundError(f"bag {path} does not exist")
     store = typestore()
     gt = load_ground_truth(gt_bag, gt_topic)
     metrics = SSCMetrics()

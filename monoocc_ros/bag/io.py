@@ -3,11 +3,13 @@ from msg/VoxelGrid.msg so the definition in the bag is the real one), QoS profil
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from monoocc_ros.paths import package_file
@@ -43,6 +45,27 @@ def open_writer(path: str | Path, storage: str = "mcap") -> Writer:
         raise FileExistsError(f"{path} already exists; rosbag2 writes a new directory (remove it or pick another)")
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     return Writer(path, version=9, storage_plugin=plugin)
+
+
+class BagError(ValueError):
+    """A path that is not a readable rosbag2 bag."""
+
+
+@contextmanager
+def open_reader(path: str | Path) -> Iterator[Reader]:
+    """A rosbags Reader; a missing path or a folder that is not a readable bag is one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag {path} does not exist")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except ReaderError as exc:
+        raise BagError(f"{path} is not a readable rosbag2 bag ({' '.join(str(exc).split())})") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def python_msg_class(msgtype: str):

@@ -14,18 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rosbags.interfaces import QosDurability, QosReliability
-from rosbags.rosbag2 import Reader
 from tqdm import tqdm
 
-from monoocc_ros.bag.io import RELIABLE_QOS, VOXELGRID_TYPE, open_writer, python_msg_class, typestore
+from monoocc_ros.bag.io import RELIABLE_QOS, VOXELGRID_TYPE, open_reader, open_writer, python_msg_class, typestore
 
 
 def read_bag(path: str | Path, topics: list[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
     """(topic, msgtype, bag timestamp ns, CDR bytes) in time order."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"bag {path} does not exist")
-    with Reader(path) as reader:
+    with open_reader(path) as reader:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if not conns:
             return  # rosbags reads every connection when given none
@@ -35,7 +31,7 @@ def read_bag(path: str | Path, topics: list[str] | None = None) -> Iterator[tupl
 
 def bag_topics(path: str | Path) -> dict[str, tuple[str, object]]:
     """topic -> (msgtype, first offered QoS or None)."""
-    with Reader(Path(path)) as reader:
+    with open_reader(path) as reader:
         out = {}
         for c in reader.connections:
             qos = c.ext.offered_qos_profiles[0] if getattr(c.ext, "offered_qos_profiles", None) else None

@@ -79,6 +79,12 @@ def replay_eval(
     from monoocc_ros.msg import VoxelGrid
 
     bag = Path(bag)
+    if checkpoint and not str(checkpoint).endswith(".onnx"):
+        from monoocc_ros.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)  # an unreadable model fails here, with its name, before any replay
+    elif checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"ONNX model {checkpoint} does not exist")
     topics = bag_topics(bag)
     for t in (IMAGE_TOPIC, INFO_TOPIC):
         if t not in topics:

@@ -42,6 +42,7 @@ from monoocc_ros.geometry import (
     resize_image_and_projection,
     resize_projection,
 )
+from monoocc_ros.model.config import yaml_problem
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
@@ -84,13 +85,6 @@ def list_sequences(root: str | Path) -> list[str]:
     return sorted(p.name for p in seq_root.iterdir() if p.is_dir())
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's message in one line (its own spans several, with a caret drawing)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
-
-
 def _sequence_name(path: Path, split: str, value: object) -> str:
     """A sequence name from splits.yaml. Unquoted numbers arrive as ints (YAML 1.1 reads 11 as
     11 and 07 as octal 7), so an int is written back two-digit; a bool or a float is a mistake."""
@@ -124,7 +118,7 @@ def load_splits(root: str | Path) -> dict[str, tuple[str, ...]]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise F.FormatError(f"{path}: not valid YAML ({_yaml_problem(exc)}); {expected}") from None
+        raise F.FormatError(f"{path}: not valid YAML ({yaml_problem(exc)}); {expected}") from None
     if not isinstance(data, dict) or not data:
         raise F.FormatError(f"{path}: holds {'nothing' if data is None else type(data).__name__}; {expected}")
     splits: dict[str, tuple[str, ...]] = {}
@@ -177,6 +171,10 @@ class SemanticKITTIDataset(Dataset):
                 num_images=len(images),
                 first_image=images[0],
             )
+            if seq.poses is not None and len(seq.poses) < seq.num_images:
+                raise F.FormatError(
+                    f"{path / 'poses.txt'} has {len(seq.poses)} poses for {seq.num_images} images (truncated?)"
+                )
             if cfg.frame_offsets and any(cfg.frame_offsets) and seq.poses is None:
                 raise FileNotFoundError(f"{path / 'poses.txt'} is needed for frame offsets {cfg.frame_offsets}")
             if cfg.lidar_offsets and (seq.poses is None or not (path / "velodyne").is_dir()):

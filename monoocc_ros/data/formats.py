@@ -135,29 +135,45 @@ def write_point_labels(path: PathLike, semantic: np.ndarray, instance: np.ndarra
 # --- calib.txt, poses.txt, times.txt ----------------------------------------------------
 
 
-def read_calib(path: PathLike) -> dict[str, np.ndarray]:
-    """calib.txt -> {'P0'..'P3': (3, 4), 'Tr': (4, 4) LiDAR -> rectified camera 0}."""
+CALIB_SIZES = {"P0": 12, "P1": 12, "P2": 12, "P3": 12, "Tr": 12, "R0_rect": 9, "Tr_velo_to_cam": 12}
+
+
+def read_calib(path: PathLike, require_tr: bool = True) -> dict[str, np.ndarray]:
+    """calib.txt -> {'P2' (and whichever of 'P0', 'P1', 'P3' it has): (3, 4), 'Tr': (4, 4) LiDAR ->
+    rectified camera 0}.
+
+    Reads KITTI odometry / SemanticKITTI files (P0..P3, Tr), files with only P2 and Tr, and the
+    KITTI object benchmark's format (P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo), whose
+    LiDAR -> rectified camera transform is R0_rect @ Tr_velo_to_cam. Other keys are ignored.
+    `require_tr=False` accepts a file without a LiDAR transform (image-only uses)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    out: dict[str, np.ndarray] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    raw: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         key, _, values = line.partition(":")
+        key = key.strip()
+        if key not in CALIB_SIZES:
+            continue  # Tr_imu_to_velo, calib_time, ...: not needed here
         try:
             nums = np.array([float(v) for v in values.split()], dtype=np.float64)
-        except ValueError as exc:
-            raise FormatError(f"{path}:{lineno}: not numbers: {line!r}") from exc
-        if nums.size != 12:
-            raise FormatError(f"{path}:{lineno}: {key.strip()} has {nums.size} values, expected 12 (3x4)")
-        out[key.strip()] = nums.reshape(3, 4)
-    missing = {"P0", "P1", "P2", "P3", "Tr"} - out.keys()
-    if missing:
-        raise FormatError(f"{path}: missing {sorted(missing)}; expected P0, P1, P2, P3 and Tr")
-    tr = np.eye(4)
-    tr[:3] = out["Tr"]
-    out["Tr"] = tr
+        except ValueError:
+            raise FormatError(f"{path}:{lineno}: {key} is not numbers: {line.strip()[:60]!r}") from None
+        if nums.size != CALIB_SIZES[key]:
+            raise FormatError(f"{path}:{lineno}: {key} has {nums.size} values, expected {CALIB_SIZES[key]}")
+        raw[key] = nums.reshape(3, -1)
+    if "P2" not in raw:
+        raise FormatError(f"{path}: no P2 (the left colour camera's 3x4 projection); found {sorted(raw) or 'nothing'}")
+    out = {k: raw[k] for k in ("P0", "P1", "P2", "P3") if k in raw}
+    if "Tr" in raw:
+        tr = raw["Tr"]
+    elif "Tr_velo_to_cam" in raw:
+        tr = raw.get("R0_rect", np.eye(3)) @ raw["Tr_velo_to_cam"]
+    elif require_tr:
+        raise FormatError(f"{path}: no LiDAR -> camera transform; expected Tr (odometry) or Tr_velo_to_cam (object)")
+    else:
+        return out
+    out["Tr"] = np.vstack([tr, [0.0, 0.0, 0.0, 1.0]])
     return out
 
 

@@ -353,7 +353,7 @@ def write_sequence(out: Path, sequence: int, frames: int, seed: int, progress=No
 def synthesize(out: str | Path, sequences: int, frames: int, seed: int, first_sequence: int = 0) -> Path:
     """Write `sequences` sequences of `frames` frames under `out` (SemanticKITTI layout)."""
     if sequences < 1 or frames < 1:
-        raise ValueError(f"need at least one sequence and one frame, got {sequences} x {frames}")
+        raise ValueError(f"need at least one sequence and one frame: --sequences {sequences} --frames {frames}")
     return _write(Path(out), [(s, frames, seed) for s in range(first_sequence, first_sequence + sequences)])
 
 

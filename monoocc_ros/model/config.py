@@ -26,6 +26,23 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the key."""
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line (its own spans several, with a caret drawing)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a file that is not YAML (or not text) is a ConfigError naming it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({yaml_problem(exc)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (YAML) file") from None
+
+
 def check_keys(cls: type, data: Any, source: str, what: str, required: tuple[str, ...] = ()) -> None:
     """One validation of a YAML mapping against a config dataclass: a mapping, no unknown keys
     (typos fail loudly instead of being ignored), no missing required keys."""
@@ -186,7 +203,7 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model config {path} does not exist")
-        return cls.from_dict(yaml.safe_load(path.read_text()), str(path))
+        return cls.from_dict(read_yaml(path), str(path))
 
 
 def load_named_config(name: str) -> ModelConfig:

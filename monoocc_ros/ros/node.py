@@ -376,6 +376,35 @@ def _make_node_class():
     return OccupancyNode, rclpy
 
 
+def params_file_errors(argv: list[str]) -> list[str]:
+    """Problems with the `--params-file` arguments, found before rcl parses them (rcl's own
+    parser logs a second, unclear line and raises): missing, not YAML, not `NODE: {ros__parameters:
+    {...}}` mappings."""
+    import yaml
+
+    from monoocc_ros.model.config import yaml_problem
+
+    errors = []
+    for i, arg in enumerate(argv[:-1]):
+        if arg != "--params-file":
+            continue
+        path = Path(argv[i + 1])
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            errors.append(f"params file {path}: {exc.strerror or exc}")
+            continue
+        except yaml.YAMLError as exc:
+            errors.append(f"params file {path} is not valid YAML ({yaml_problem(exc)})")
+            continue
+        ok = isinstance(data, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("ros__parameters"), dict) for v in data.values()
+        )
+        if not ok:
+            errors.append(f"params file {path}: expected NODE_NAME (or /**): ros__parameters: {{name: value}}")
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     ros_args_at = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
@@ -386,11 +415,22 @@ def main(argv: list[str] | None = None) -> int:
     node_cls, rclpy = _make_node_class()
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=argv)
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    bad_files = params_file_errors(argv[ros_args_at:])
+    if bad_files:
+        print(f"occupancy_node: {'; '.join(bad_files)}", file=sys.stderr)
+        return 2
+    try:
+        rclpy.init(args=argv)  # a params file that is not ROS parameter YAML fails here
+    except Exception as exc:  # rclpy raises its RCLError (not exported) with rcl's message
+        print(f"occupancy_node: cannot start: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     try:
         node = node_cls()
-    except ValueError as exc:
-        print(f"occupancy_node: {exc}", file=sys.stderr)
+    except (ValueError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        # InvalidParameterTypeException: e.g. an integer for a double parameter ("1" for "1.0").
+        print(f"occupancy_node: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     try:

@@ -105,6 +105,10 @@ def run(
     records: str = "results/ablation",
 ) -> str:
     out, record_dir = Path(out_root), Path(records)
+    if execute:
+        from monoocc_ros.trainer.engine import resolve_sequences
+
+        resolve_sequences(data_root, None, "train")  # a missing or incomplete root fails here, not mid-run
     record_dir.mkdir(parents=True, exist_ok=True)
     table: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in seeds:

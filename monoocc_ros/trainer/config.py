@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from monoocc_ros.model.config import ConfigError, check_keys
+from monoocc_ros.model.config import ConfigError, check_keys, read_yaml
 
 STAGES = ("teacher", "student")
 
@@ -112,6 +110,8 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"train config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of training keys, got {type(data).__name__}")
         data.update(overrides or {})
         return cls.from_dict(data, str(path))

@@ -219,6 +219,22 @@ class _CSVLog:
             w.writerow(row)
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "step", "epoch", "step_in_epoch")
+
+
+def load_resumable(path: str) -> dict:
+    """A training checkpoint to resume from; an exported model (weights only) is refused with the
+    reason, before any data is read."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is an exported model without training state ({', '.join(missing)}); resume from the run's "
+            "training checkpoint (runs/NAME/last.pt)"
+        )
+    return ckpt
+
+
 def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) -> MonoOcc | None:
     """The frozen teacher named by `teacher_checkpoint` (None without one), checked against the student."""
     if not cfg.teacher_checkpoint:
@@ -298,6 +314,8 @@ def train(
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
     model_cfg = cfg.model_config()
+    if resume:
+        load_resumable(resume)  # fail before datasets and teacher caches are built
     if (cfg.stage == "teacher") != model_cfg.is_teacher:
         raise ValueError(
             f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
@@ -334,7 +352,7 @@ def train(
     step, epoch, step_in_epoch, metrics = 0, 0, 0, {}
     out_dir = cfg.output_dir
     if resume:
-        ckpt = load_checkpoint(resume, map_location="cpu")
+        ckpt = load_resumable(resume)
         diff = config_differences(ckpt["model_config"], model_cfg)
         if diff:
             raise CheckpointError(
