@@ -232,3 +232,37 @@ def test_distillation_from_a_trained_teacher(tmp_path, data_root):
                       model_overrides={"loss": {"distill_feature": 1.0}}), device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="needs a multi-frame model"):
         train(_config(tmp_path / "x", data_root, stage="teacher", max_steps=1), device="cpu", progress=False)
+
+
+def test_ctrl_c_saves_and_resumes_and_a_corrupt_file_fails_before_step_one(tmp_path, data_root):
+    """`monoocc train` stopped with SIGINT saves last.pt at a whole step and says how to resume;
+    a corrupt voxel file anywhere in the splits fails before the first step, naming it."""
+    import shutil
+    import signal
+    import time
+
+    cfg_path = tmp_path / "train.yaml"
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    cfg_path.write_text(yaml.safe_dump({"name": "sig", "model": str(tmp_path / "micro.yaml"), "data_root": str(data_root),
+                                        "epochs": 200, "num_workers": 1, "out_dir": str(tmp_path / "run"),
+                                        "log_every": 1, "eval_every": 0, "warmup_iters": 1}))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "monoocc_ros.cli", "train", "--config", str(cfg_path), "--device",
+                             "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    csv_path = tmp_path / "run" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not csv_path.exists() or len(csv_path.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: saved step" in err and "--resume" in err
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["step"] >= 2 and "optimizer" in saved
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data_root, broken)
+    label = broken / "sequences" / "08" / "voxels" / "000001.label"
+    label.write_bytes(label.read_bytes()[:1000])
+    with pytest.raises(F.FormatError, match=r"08/voxels/000001\.label \(1000 bytes"):
+        train(_config(tmp_path / "b", broken, max_steps=1), device="cpu", progress=False)
+    assert not (tmp_path / "b" / "run").exists()  # nothing trained, nothing written

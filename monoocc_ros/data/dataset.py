@@ -214,6 +214,37 @@ class SemanticKITTIDataset(Dataset):
             return frame
         return j
 
+    def check_files(self, progress: bool = False) -> None:
+        """Every file the items will read exists and has its format's size (images: a PNG that
+        decodes its header and checksums), before a long run starts. Raises FormatError naming the
+        first bad file and how many there are: a corrupt download fails at once, not at hour 3."""
+        from tqdm import tqdm
+
+        n = int(np.prod(SEMANTIC_KITTI_GRID.shape))
+        bad: list[str] = []
+        for name, frame in tqdm(self.items, desc="checking files", unit="frame", disable=not progress, leave=False):
+            seq = self.sequences[name]
+            stem = f"{frame:06d}"
+            image = seq.path / "image_2" / f"{stem}.png"
+            try:
+                with Image.open(image) as img:
+                    img.verify()
+            except Exception as exc:  # PIL raises many types for a broken file
+                bad.append(f"{image} ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+            expected = {"voxels/{}.label": 2 * n, "voxels/{}.invalid": n // 8}
+            if self.cfg.require_labels or (seq.path / "voxels" / f"{stem}.label").exists():
+                for pattern, size in expected.items():
+                    path = seq.path / pattern.format(stem)
+                    if not path.is_file() or path.stat().st_size != size:
+                        got = path.stat().st_size if path.is_file() else "missing"
+                        bad.append(f"{path} ({got} bytes, expected {size})")
+            scan = seq.path / "velodyne" / f"{stem}.bin"
+            if self.cfg.load_points and scan.is_file() and scan.stat().st_size % 16:
+                bad.append(f"{scan} ({scan.stat().st_size} bytes, not a multiple of 16)")
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise F.FormatError(f"unreadable dataset file: {bad[0]}{more}")
+
     def view_mask(self, name: str) -> np.ndarray:
         """(256, 256, 32) bool: voxels inside image_2's field of view in sequence `name` (its
         calibration and the size of its first image)."""

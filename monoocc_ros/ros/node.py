@@ -413,9 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     node_cls, rclpy = _make_node_class()
-    from rclpy.executors import ExternalShutdownException
-
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.executors import ExternalShutdownException
 
     bad_files = params_file_errors(argv[ros_args_at:])
     if bad_files:

@@ -14,7 +14,11 @@ import contextlib
 import csv
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +196,47 @@ def evaluate(
     return metrics.scores()
 
 
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[threading.Event]:
+    """Set by the first Ctrl-C (SIGINT): the loop finishes its step, saves last.pt and returns. A
+    second Ctrl-C interrupts at once. Only in the main thread (where Python delivers signals);
+    the previous handler is back when training returns."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.set()
+        print("\nCtrl-C: saving after this step (again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _batches(loader: DataLoader, interrupt: threading.Event):
+    """The loader's batches; after a Ctrl-C its workers (which got the signal too) may be gone,
+    which ends the epoch instead of failing it."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if interrupt.is_set():
+                return
+            raise
+        yield batch
+
+
 class _CSVLog:
     def __init__(self, path: Path) -> None:
         self.path, self.fields = path, None
@@ -306,8 +351,24 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict:
+    """Run training; returns {"step", "losses" (per step), "metrics" (last validation), "model",
+    "interrupted"}. `stop_after`: save last.pt and return after this many steps, as an interrupted
+    run would. Every file of both splits is checked before step 1; Ctrl-C saves and returns."""
+    with _interrupt_flag() as interrupt:
+        return _train(cfg, resume, device, progress, stop_after, interrupt)
+
+
+def _train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    stop_after: int | None = None,
+    interrupt: threading.Event | None = None,
+) -> dict:
     """Run training; returns {"step", "losses" (per step), "metrics" (last validation), "model"}.
     `stop_after`: save last.pt and return after this many steps, as an interrupted run would."""
+    interrupt = interrupt or threading.Event()
     dev = resolve_device(device)
     info = init_distributed(dev)
     if dev.type == "cuda":
@@ -321,6 +382,9 @@ def train(
             f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
             f"{model_cfg.name} has frame_offsets {model_cfg.frame_offsets}"
         )
+    for split in ("train", "val"):  # every file of both splits, before any work (a long run must not die late)
+        seqs = resolve_sequences(cfg.data_root, cfg.train_sequences if split == "train" else cfg.val_sequences, split)
+        make_dataset(model_cfg, cfg.data_root, seqs, (0,)).check_files(progress and info.is_main)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg, model_cfg, dev)
     train_set, teacher = training_set(cfg, model_cfg, teacher, dev, info)
@@ -429,7 +493,7 @@ def train(
         ddp_model.train()
         t_last, frames = time.perf_counter(), 0
         accum: dict[str, float] = {}
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(_batches(loader, interrupt)):
             inputs = model_inputs(batch, model_cfg, dev)
             t_out = teacher_outputs(batch, dev) if "teacher_voxel_features" in batch else None
             if teacher is not None:  # frozen, on its own frames (the Dataset loads the teacher's offsets)
@@ -477,14 +541,20 @@ def train(
                     if k not in ("step", "epoch"):
                         writer.add_scalar(k, v, step)
             t_last, frames, accum = now, 0, {}
-            if stop_after is not None and step >= stop_after:
-                save("last.pt")
-                bar.close()
-                return {"step": step, "losses": losses, "metrics": metrics, "model": model}
+            stopping = (stop_after is not None and step >= stop_after) or interrupt.is_set()
+            if stopping:
+                break
             if cfg.save_every and step % cfg.save_every == 0:
                 save("last.pt")
             if step >= total_steps or step_in_epoch >= steps_per_epoch:
                 break
+        if (stop_after is not None and step >= stop_after) or interrupt.is_set():
+            save("last.pt")
+            bar.close()
+            if interrupt.is_set() and info.is_main:
+                last = out_dir / "last.pt"
+                print(f"interrupted: saved step {step} to {last}; continue with --resume {last}", file=sys.stderr)
+            return {"step": step, "losses": losses, "metrics": metrics, "model": model, "interrupted": True}
         if step_in_epoch >= steps_per_epoch:
             epoch += 1
             step_in_epoch = 0
@@ -521,4 +591,4 @@ def train(
             print(last_scores.table())
     if info.world_size > 1:
         dist.barrier()
-    return {"step": step, "losses": losses, "metrics": metrics, "model": model}
+    return {"step": step, "losses": losses, "metrics": metrics, "model": model, "interrupted": False}
