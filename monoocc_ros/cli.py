@@ -105,6 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
     be.add_argument("--gt", required=True)
     be.add_argument("--pred-topic", default="/occupancy_node/output/voxels")
     be.add_argument("--gt-topic", default="/ground_truth/voxels")
+    be.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
 
     rp = sub.add_parser("replay-eval", help="replay a bag through the node (own process) and score it")
     rp.add_argument("--bag", required=True)

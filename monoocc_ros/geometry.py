@@ -108,6 +108,34 @@ def in_image(uv: np.ndarray, width: int, height: int) -> np.ndarray:
         return (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)
 
 
+def rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
+    """3x3 rotation -> unit quaternion (x, y, z, w), w >= 0. Shepperd's method, written here
+    because the only user is the bag's /tf_static and scipy is not a dependency."""
+    r = np.asarray(r, dtype=np.float64)
+    t = np.trace(r)
+    if t > 0:
+        s = 2.0 * np.sqrt(1.0 + t)
+        q = [(r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
+        q = [0.0, 0.0, 0.0, (r[k, j] - r[j, k]) / s]
+        q[i], q[j], q[k] = 0.25 * s, (r[j, i] + r[i, j]) / s, (r[k, i] + r[i, k]) / s
+    q = np.asarray(q) / np.linalg.norm(q)
+    return q if q[3] >= 0 else -q
+
+
+def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w), normalised here -> 3x3 rotation."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array(
+        [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    )  # fmt: skip
+
+
 def camera_pose_to_lidar(pose: np.ndarray, tr: np.ndarray) -> np.ndarray:
     """A KITTI camera-0 pose (poses.txt) expressed for the LiDAR frame: `inv(Tr) @ P @ Tr`."""
     tr4 = to_homogeneous(tr)

@@ -27,6 +27,30 @@ def synth_bag(tmp_path_factory):
     return root, bag
 
 
+def test_bag_carries_the_datas_extrinsic(synth_bag, tmp_path):
+    """from-dataset writes calib.txt's Tr as /tf_static; replay-eval reads it back (not KITTI's)."""
+    import shutil
+
+    from monoocc_ros.bag.play import bag_topics
+    from monoocc_ros.bag.replay import bag_extrinsic
+    from monoocc_ros.geometry import quaternion_to_rotation, rotation_to_quaternion
+
+    root, _ = synth_bag
+    seq = tmp_path / "data" / "sequences" / "08"
+    shutil.copytree(root / "sequences" / "08", seq)
+    calib = F.read_calib(seq / "calib.txt")
+    a = np.deg2rad(7.0)  # the camera turned 7 degrees about its y axis, and moved
+    turn = np.array([[np.cos(a), 0, np.sin(a), 0.3], [0, 1, 0, -0.1], [-np.sin(a), 0, np.cos(a), 0.05], [0, 0, 0, 1]])
+    calib["Tr"] = turn @ calib["Tr"]
+    F.write_calib(seq / "calib.txt", calib)
+    bag = tmp_path / "bag"
+    from_dataset(tmp_path / "data", "08", bag, max_frames=1)
+    # KITTI's Tr is orthonormal to ~1e-7 only; a quaternion stores the nearest rotation
+    np.testing.assert_allclose(bag_extrinsic(bag, bag_topics(bag)), calib["Tr"], atol=1e-6)
+    for r in (np.eye(3), turn[:3, :3], np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])):
+        np.testing.assert_allclose(quaternion_to_rotation(rotation_to_quaternion(r)), r, atol=1e-12)
+
+
 def test_bag_is_readable_by_an_independent_mcap_reader(synth_bag):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
@@ -67,6 +91,15 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     assert result.scores.num_voxels == offline.num_voxels
     np.testing.assert_allclose(result.scores.class_iou, offline.class_iou, atol=1e-6)
     assert result.scores.completion_iou == pytest.approx(offline.completion_iou, abs=1e-6)
+    # in the camera's view too: the node's view (CameraInfo + the bag's extrinsic) is eval's
+    assert 0 < result.scores.in_view.num_voxels == offline.in_view.num_voxels < offline.num_voxels
+    np.testing.assert_allclose(result.scores.in_view.class_iou, offline.in_view.class_iou, atol=1e-6)
+    import subprocess
+    import sys
+
+    lost = subprocess.run([sys.executable, "-m", "monoocc_ros.cli", "bag", "eval", "--pred", str(bag), "--gt",
+                           str(bag)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert lost.returncode == 1 and "FAIL: 100.0% of frames lost (3 of 3" in lost.stderr  # no predictions in it
     # the recorded bag scores the same through `monoocc bag eval`
     again = score_bags(tmp_path / "pred", bag)
     assert again.frames_scored == 3 and again.frames_lost == []

@@ -243,9 +243,18 @@ def test_ctrl_c_saves_and_resumes_and_a_corrupt_file_fails_before_step_one(tmp_p
 
     cfg_path = tmp_path / "train.yaml"
     (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
-    cfg_path.write_text(yaml.safe_dump({"name": "sig", "model": str(tmp_path / "micro.yaml"), "data_root": str(data_root),
-                                        "epochs": 200, "num_workers": 1, "out_dir": str(tmp_path / "run"),
-                                        "log_every": 1, "eval_every": 0, "warmup_iters": 1}))  # fmt: skip
+    cfg = {
+        "name": "sig",
+        "model": str(tmp_path / "micro.yaml"),
+        "data_root": str(data_root),
+        "epochs": 200,
+        "num_workers": 1,
+        "out_dir": str(tmp_path / "run"),
+        "log_every": 1,
+        "eval_every": 0,
+        "warmup_iters": 1,
+    }
+    cfg_path.write_text(yaml.safe_dump(cfg))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "monoocc_ros.cli", "train", "--config", str(cfg_path), "--device",
                              "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     csv_path = tmp_path / "run" / "metrics.csv"

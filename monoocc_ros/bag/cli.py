@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from monoocc_ros.paths import use_local_dds
@@ -23,10 +24,9 @@ def run(args: argparse.Namespace) -> int:
                     indent=2,
                 )
             )
-        total = result.frames_scored + len(result.frames_lost)
-        lost = len(result.frames_lost) / max(total, 1)
-        if lost > args.max_lost:
-            print(f"FAIL: {lost:.1%} of frames lost (> {args.max_lost:.1%})")
+        failure = result.check_lost(args.max_lost)
+        if failure:
+            print(failure, file=sys.stderr)
             return 1
         return 0
     cmd = args.bag_command
@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "eval":
         from monoocc_ros.bag.evaluate import score_bags
 
-        print(score_bags(args.pred, args.gt, args.pred_topic, args.gt_topic).report())
+        result = score_bags(args.pred, args.gt, args.pred_topic, args.gt_topic)
+        print(result.report())
+        failure = result.check_lost(args.max_lost)
+        if failure:
+            print(failure, file=sys.stderr)
+            return 1
         return 0
     use_local_dds()
     if cmd == "play":

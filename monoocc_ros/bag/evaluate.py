@@ -25,6 +25,20 @@ class ReplayScores:
     frames_lost: list[int]  # ground-truth stamps without a prediction
     latency_ms: list[float] = field(default_factory=list)
 
+    @property
+    def lost_fraction(self) -> float:
+        """Ground-truth frames without a prediction, as a fraction of all ground-truth frames."""
+        return len(self.frames_lost) / max(self.frames_scored + len(self.frames_lost), 1)
+
+    def check_lost(self, max_lost: float) -> str | None:
+        """The failure line when more than `max_lost` of the frames have no prediction."""
+        if self.lost_fraction > max_lost:
+            return (
+                f"FAIL: {self.lost_fraction:.1%} of frames lost ({len(self.frames_lost)} of "
+                f"{self.frames_scored + len(self.frames_lost)}; allowed {max_lost:.1%}, --max-lost)"
+            )
+        return None
+
     def report(self) -> str:
         lines = [self.scores.table(), ""]
         lines.append(f"frames scored: {self.frames_scored}, frames lost: {len(self.frames_lost)}")

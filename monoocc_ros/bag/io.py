@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -19,6 +20,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
 GT_TOPIC = "/ground_truth/voxels"
 PRED_TOPIC = "/occupancy_node/output/voxels"
+TF_STATIC_TOPIC = "/tf_static"  # from-dataset writes the grid -> camera extrinsic here
 
 
 @lru_cache(maxsize=1)
@@ -35,6 +37,41 @@ def _qos(reliability: QosReliability, durability: QosDurability, depth: int) -> 
 
 SENSOR_QOS = _qos(QosReliability.BEST_EFFORT, QosDurability.VOLATILE, 5)
 RELIABLE_QOS = _qos(QosReliability.RELIABLE, QosDurability.VOLATILE, 10)
+STATIC_QOS = _qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, 1)  # what tf2 uses for /tf_static
+
+
+def transform_message(store, grid_to_camera: np.ndarray, stamp_ns: int, camera_frame: str, grid_frame: str):
+    """tf2_msgs/TFMessage with one TransformStamped: parent `camera_frame`, child `grid_frame`,
+    i.e. the pose of the grid frame in the camera frame, which maps grid points to the camera
+    (the node's `grid_to_camera`)."""
+    from monoocc_ros.geometry import rotation_to_quaternion
+
+    t = store.types
+    m = np.asarray(grid_to_camera, dtype=np.float64)
+    qx, qy, qz, qw = rotation_to_quaternion(m[:3, :3])
+    sec, nsec = divmod(stamp_ns, 1_000_000_000)
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
+                                      frame_id=camera_frame)  # fmt: skip
+    transform = t["geometry_msgs/msg/Transform"](
+        translation=t["geometry_msgs/msg/Vector3"](x=m[0, 3], y=m[1, 3], z=m[2, 3]),
+        rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw),
+    )
+    stamped = t["geometry_msgs/msg/TransformStamped"](header=header, child_frame_id=grid_frame, transform=transform)
+    return t["tf2_msgs/msg/TFMessage"](transforms=[stamped])
+
+
+def grid_to_camera_from_tf(msg, grid_frame: str) -> np.ndarray | None:
+    """The 4x4 grid -> camera transform of a TFMessage's transform whose child is `grid_frame`."""
+    from monoocc_ros.geometry import quaternion_to_rotation
+
+    for ts in msg.transforms:
+        if ts.child_frame_id == grid_frame:
+            q, v = ts.transform.rotation, ts.transform.translation
+            m = np.eye(4)
+            m[:3, :3] = quaternion_to_rotation([q.x, q.y, q.z, q.w])
+            m[:3, 3] = [v.x, v.y, v.z]
+            return m
+    return None
 
 
 def open_writer(path: str | Path, storage: str = "mcap") -> Writer:

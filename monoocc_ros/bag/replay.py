@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from monoocc_ros.bag.evaluate import ReplayScores, header_stamp, load_ground_truth
@@ -26,14 +27,41 @@ from monoocc_ros.bag.io import (
     INFO_TOPIC,
     PRED_TOPIC,
     RELIABLE_QOS,
+    TF_STATIC_TOPIC,
     VOXELGRID_TYPE,
+    grid_to_camera_from_tf,
     open_writer,
     typestore,
 )
 from monoocc_ros.bag.play import Player, bag_topics, read_bag
-from monoocc_ros.metrics import SSCMetrics
+from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID, to_homogeneous
+from monoocc_ros.inference import camera_view_mask
+from monoocc_ros.metrics import RegionMetrics
 from monoocc_ros.paths import package_file
 from monoocc_ros.ros.convert import msg_to_grid
+
+
+def bag_extrinsic(bag: Path, topics: dict, progress: bool = True) -> np.ndarray:
+    """The grid -> camera transform the bag's data was made with (/tf_static, written by
+    `monoocc bag from-dataset`); KITTI sequence 00's, with a note, when the bag has none."""
+    if TF_STATIC_TOPIC in topics:
+        store = typestore()
+        for _, msgtype, _, raw in read_bag(bag, [TF_STATIC_TOPIC]):
+            found = grid_to_camera_from_tf(store.deserialize_cdr(raw, msgtype), "velodyne")
+            if found is not None:
+                return found
+    if progress:
+        print(f"note: {bag} has no /tf_static velodyne transform; using KITTI sequence 00's extrinsic", file=sys.stderr)
+    return to_homogeneous(KITTI_CALIB["Tr"])
+
+
+def _view_of(store, info_raw: bytes | None, extrinsic: np.ndarray) -> np.ndarray:
+    """The camera's field of view on the grid, from a CameraInfo (all True without one)."""
+    if not info_raw:
+        return np.ones(SEMANTIC_KITTI_GRID.shape, bool)
+    info = store.deserialize_cdr(info_raw, "sensor_msgs/msg/CameraInfo")
+    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    return camera_view_mask(p, extrinsic, (int(info.height), int(info.width)))
 
 
 def start_node_process(checkpoint: str | None, extra_params: list[str] | None = None) -> subprocess.Popen:
@@ -99,13 +127,17 @@ def replay_eval(
             infos[stamp] = raw
         else:
             frames.append((stamp, infos.get(stamp, b""), raw))
-
-    proc = start_node_process(checkpoint, node_params)
+    extrinsic = bag_extrinsic(bag, topics, progress)
+    view = _view_of(store, next(iter(infos.values()), None), extrinsic)
+    # The full grid is scored as offline eval scores it (outside_view predict), and the camera's
+    # view beside it; the node runs with this data's extrinsic.
+    params = ["outside_view:=predict", f"grid_to_camera:={[float(v) for v in extrinsic.reshape(-1)]}"]
+    proc = start_node_process(checkpoint, [*params, *(node_params or [])])
     rclpy.init()
     node = rclpy.create_node("monoocc_replay")
     received: dict[int, tuple[int, object]] = {}
     sent: dict[int, int] = {}
-    metrics = SSCMetrics()
+    metrics = RegionMetrics()
     writer = open_writer(out) if out else None
     try:
         if writer is not None:
@@ -127,7 +159,7 @@ def replay_eval(
             if writer is not None:
                 writer.write(c_pred, now, raw)
             if stamp in gt:
-                metrics.update(msg_to_grid(msg).labels, gt[stamp])
+                metrics.update(msg_to_grid(msg).labels, gt[stamp], None, view)
 
         node.create_subscription(VoxelGrid, PRED_TOPIC, on_grid, 10, raw=True)
         player = Player(node, bag, [IMAGE_TOPIC, INFO_TOPIC], clock=True)

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -182,17 +183,33 @@ def evaluate(
     model.eval()
     metrics = RegionMetrics()
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, generator=torch.Generator())
-    for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
-        pred = expand_labels(labels).cpu().numpy().astype("uint8")
-        seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
-        view = dataset.view_mask(seq)[None]
-        metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy(), view)
-        if predictions_root is not None:
-            out = predictions_root / "sequences" / seq / "predictions"
-            out.mkdir(parents=True, exist_ok=True)
-            F.write_voxel_labels(out / f"{frame:06d}.label", train_to_raw(pred[0]))
+    # Predictions go to a temporary folder and move into place only when every frame is done:
+    # an interrupted or failed run leaves no partial set that looks like a finished one.
+    partial = (
+        None
+        if predictions_root is None
+        else predictions_root.with_name(f"{predictions_root.name}.partial-{os.getpid()}")
+    )
+    try:
+        for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
+            pred = expand_labels(labels).cpu().numpy().astype("uint8")
+            seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
+            view = dataset.view_mask(seq)[None]
+            metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy(), view)
+            if partial is not None:
+                out = partial / "sequences" / seq / "predictions"
+                out.mkdir(parents=True, exist_ok=True)
+                F.write_voxel_labels(out / f"{frame:06d}.label", train_to_raw(pred[0]))
+        if partial is not None and predictions_root is not None:
+            for file in sorted(partial.rglob("*.label")):
+                target = predictions_root / file.relative_to(partial)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(file, target)
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
     return metrics.scores()
 
 
