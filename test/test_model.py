@@ -325,7 +325,7 @@ def test_fine_head_labels_and_confidence_against_a_voxel_by_voxel_reference():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 20, 3, 2, 2, generator=g) * 2
     occupancy = torch.randn(2, 6, 4, 4, generator=g) * 2
-    labels, confidence = labels_and_confidence(logits, occupancy)
+    labels, confidence = labels_and_confidence(logits, occupancy, 2)
     assert labels.dtype == torch.uint8 and labels.shape == confidence.shape == (2, 6, 4, 4)
     for b, x, y, z in itertools.product(range(2), range(6), range(4), range(4)):
         o, sem = float(occupancy[b, x, y, z]), logits[b, :, x // 2, y // 2, z // 2]

@@ -23,13 +23,19 @@ def checkpoint(tmp_path_factory):
     return random_tiny_checkpoint(tmp_path_factory.mktemp("node") / "student_tiny_random.pt")
 
 
-def _check_grid(msg, stamp_ns):
+def _check_grid(msg, stamp_ns, p, image_hw):
+    """A whole grid: classes inside the camera's view, unknown (255, confidence 0) outside it
+    (`outside_view` defaults to unknown; the node runs with KITTI's default extrinsic)."""
+    from monoocc_ros.inference import camera_view_mask
+
     grid = msg_to_grid(msg)
     assert grid.stamp_ns == stamp_ns
     assert grid.frame_id == "velodyne"
     assert grid.labels.shape == (256, 256, 32)
-    assert grid.labels.max() < 20
+    view = camera_view_mask(p, KITTI_CALIB["Tr"], image_hw)
+    assert grid.labels[view].max() < 20 and (grid.labels[~view] == 255).all()
     assert grid.confidence is not None and grid.confidence.shape == (256, 256, 32)
+    assert (grid.confidence[~view] == 0).all()
     assert grid.class_names == CLASS_NAMES
 
 
@@ -45,7 +51,7 @@ def _run_frames(checkpoint, frames, ns):
         for i, (rgb, p, stamp) in enumerate(frames):
             h.send(image_msg(rgb, stamp), camera_info_msg(p, rgb.shape[1], rgb.shape[0], stamp))
             assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), stop_node(proc)
-            _check_grid(h.voxels[i], stamp)
+            _check_grid(h.voxels[i], stamp, p, rgb.shape[:2])
         assert h.spin_until(lambda: len(h.markers) >= len(frames) and len(h.points) >= len(frames), 30, proc)
         return h.voxels, h.markers, h.points
     finally:
@@ -150,7 +156,8 @@ def test_node_survives_malformed_input(checkpoint):
 
 def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, tmp_path):
     """A checkpoint that does not exist: the node stays up with an ERROR diagnostic naming it;
-    setting the `checkpoint` parameter to a good file at run time makes it serve frames."""
+    setting the `checkpoint` parameter to a good file at run time makes it serve frames; then a
+    file that is not a model is refused (the transactional reload) and the next frame is answered."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
@@ -182,6 +189,16 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
         bad = client.set_parameters([Parameter("device", value="cpu")])  # start-up only
         assert h.spin_until(bad.done, 30, proc)
         assert not bad.result().results[0].successful
+        # A bad model at run time is refused with the reason; the good one keeps serving.
+        junk = tmp_path / "junk.pt"
+        junk.write_text("not a checkpoint")
+        refused = client.set_parameters([Parameter("checkpoint", value=str(junk))])
+        assert h.spin_until(refused.done, 60, proc)
+        result = refused.result().results[0]
+        assert not result.successful and "junk.pt" in result.reason and "cannot load" in result.reason
+        current = client.get_parameters(["checkpoint"])
+        assert h.spin_until(current.done, 30, proc)
+        assert current.result().values[0].string_value == str(checkpoint)
         rgb = np.zeros((376, 1241, 3), np.uint8)
         stamp = 7_000_000_000
         h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], 1241, 376, stamp))
@@ -200,12 +217,13 @@ def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_p
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    from monoocc_ros.inference import Predictor
+    from monoocc_ros.inference import Predictor, camera_view_mask
 
     monkeypatch.setenv("MONOOCC_CACHE", str(tmp_path / "cache"))
     ns = f"/ort{os.getpid()}"
     rgb = np.random.default_rng(3).integers(0, 255, (IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
     expected, _ = Predictor.load(checkpoint, "torch", "cpu").predict(rgb, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
+    view = camera_view_mask(KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (IMAGE_HEIGHT, IMAGE_WIDTH))
     proc = start_node(checkpoint, ns, ["-p", "backend:=onnxruntime"])
     h = Harness(ns, visualization=False)
     try:
@@ -222,7 +240,7 @@ def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_p
             assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), stop_node(proc)
             grid = msg_to_grid(h.voxels[i])
             assert grid.stamp_ns == stamp
-            assert (grid.labels == expected).mean() >= 0.999
+            assert (grid.labels[view] == expected[view]).mean() >= 0.999 and (grid.labels[~view] == 255).all()
     finally:
         h.close()
         log = stop_node(proc)

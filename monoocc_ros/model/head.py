@@ -88,7 +88,7 @@ class FineOccupancyHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, subvoxels: int, semantic_upsample: int) -> None:
         super().__init__()
-        self.r = subvoxels
+        self.r, self.u = subvoxels, semantic_upsample
         self.semantic = OccupancyHead(dim, num_classes, semantic_upsample, upsample_logits=True)
         self.norm = nn.LayerNorm(dim)
         self.subvoxel = nn.Linear(dim, subvoxels**3)
@@ -100,7 +100,7 @@ class FineOccupancyHead(nn.Module):
         r = self.r
         logits = self.semantic(voxels)  # (B, 20, Xs, Ys, Zs)
         coarse = occupied_log_odds(logits)  # (B, Xs, Ys, Zs)
-        up = r * xq // coarse.shape[1]
+        up = r // self.u  # static (a traced shape would make the export's matrices data-dependent)
         base = coarse[:, None] if up == 1 else upsample_trilinear(coarse[:, None], up)
         fine = self.subvoxel(self.norm(voxels.permute(0, 2, 3, 4, 1)))  # (B, Xq, Yq, Zq, r^3)
         fine = fine.reshape(b, xq, yq, zq, r, r, r).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, xq * r, yq * r, zq * r)
@@ -112,18 +112,20 @@ def occupied_log_odds(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits[:, 1:], 1) - logits[:, 0]
 
 
-def labels_and_confidence(logits: torch.Tensor, occupancy: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def labels_and_confidence(
+    logits: torch.Tensor, occupancy: torch.Tensor | None, factor: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's answer at its output grid: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z)
     float32, the probability of that label.
 
     Paper head (`occupancy` None): argmax and max of the softmax of `logits` (B, 20, X, Y, Z).
-    Fine head: `occupancy` (B, X, Y, Z) log-odds; `logits` at a grid coarser by an integer factor.
+    Fine head: `occupancy` (B, X, Y, Z) log-odds; `logits` at a grid coarser by `factor` (a
+    plain int, so that an exported graph repeats by a constant).
     Occupied voxels take their semantic voxel's most likely non-empty class, with confidence
     P(occupied) * P(class | occupied); empty ones P(empty)."""
     if occupancy is None:
         confidence, labels = logits.softmax(1).max(1)
         return labels.to(torch.uint8), confidence
-    factor = occupancy.shape[1] // logits.shape[2]
     class_prob, cls = logits[:, 1:].softmax(1).max(1)
     if factor > 1:
         cls = cls.repeat_interleave(factor, 1).repeat_interleave(factor, 2).repeat_interleave(factor, 3)

@@ -78,7 +78,8 @@ class MonoOcc(nn.Module):
         training-only 2D semantic head: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z) at
         the output grid (`labels_and_confidence`)."""
         out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
-        return labels_and_confidence(out["logits"].float(), _float(out.get("occupancy")))
+        factor = self.cfg.semantic_scale // self.cfg.output_scale if self.cfg.head == "fine" else 1
+        return labels_and_confidence(out["logits"].float(), _float(out.get("occupancy")), factor)
 
     def _run(
         self, images: torch.Tensor, projections: torch.Tensor, with_2d: bool, lidar_evidence: torch.Tensor | None = None

@@ -159,6 +159,7 @@ def _make_node_class():
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -188,6 +189,7 @@ def _make_node_class():
 
             self.predictor = None
             self.model_error = ""
+            self.loading = ""  # what is being loaded (diagnostics say so meanwhile)
             self._load_model(values["checkpoint"], values["backend"])
 
             depth = values["queue_depth"]
@@ -211,15 +213,20 @@ def _make_node_class():
                 reliability=ReliabilityPolicy.RELIABLE,
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if values["latch"] else DurabilityPolicy.VOLATILE,
             )
-            self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos)
-            self.create_subscription(CameraInfo, "~/input/camera_info", self._on_info, sensor_qos)
+            # Own callback groups (main() spins a multi-threaded executor): inputs and diagnostics
+            # keep running while a parameter change loads a model in the parameter callback.
+            inputs, timers = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+            self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos, callback_group=inputs)
+            self.create_subscription(
+                CameraInfo, "~/input/camera_info", self._on_info, sensor_qos, callback_group=inputs
+            )
             self.pub_voxels = self.create_publisher(VoxelGrid, "~/output/voxels", out_qos)
             self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)
             self.pub_points = self.create_publisher(PointCloud2, "~/output/points", out_qos)
             self.pub_proc = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
             self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
             self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self.create_timer(1.0, self._publish_diagnostics)
+            self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
             self._worker = threading.Thread(target=self._work, name="monoocc_inference", daemon=True)
             self._worker.start()
             self.get_logger().info(
@@ -229,19 +236,30 @@ def _make_node_class():
 
         # --- parameters and model -----------------------------------------------------
         def _load_model(self, checkpoint: str, backend: str) -> bool:
-            from monoocc_ros.inference import Predictor
-
-            path = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
+            """At start-up: a model that cannot be loaded leaves the node up, reporting ERROR."""
             try:
-                self.predictor = Predictor.load(path, backend, self.values["device"], self.values["half_precision"])
-                self.model_error = ""
-                self.get_logger().info(f"loaded {path} ({self.predictor.cfg.name}) on {self.predictor.describe()}")
+                self.predictor = self._new_predictor(checkpoint, backend)
                 return True
             except Exception as exc:  # reported, not hidden: diagnostics say ERROR until fixed
                 self.predictor = None
-                self.model_error = f"cannot load {path} on backend {backend}: {exc}"
+                self.model_error = str(exc)
                 self.get_logger().error(self.model_error)
                 return False
+
+        def _new_predictor(self, checkpoint: str, backend: str):
+            """Load a model without touching the one serving; raises with the reason."""
+            from monoocc_ros.inference import Predictor
+
+            path = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
+            self.loading = f"loading {path} on backend {backend}"
+            try:
+                predictor = Predictor.load(path, backend, self.values["device"], self.values["half_precision"])
+            except Exception as exc:
+                raise RuntimeError(f"cannot load {path} on backend {backend}: {' '.join(str(exc).split())}") from exc
+            finally:
+                self.loading = ""
+            self.get_logger().info(f"loaded {path} ({predictor.cfg.name}) on {predictor.describe()}")
+            return predictor
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             new = dict(self.values)
@@ -255,11 +273,18 @@ def _make_node_class():
             errors = validate_params(new)
             if errors:
                 return SetParametersResult(successful=False, reason="; ".join(errors))
-            old = (self.values["checkpoint"], self.values["backend"])
+            if (new["checkpoint"], new["backend"]) != (self.values["checkpoint"], self.values["backend"]):
+                # Transactional: the new model is loaded while the old one keeps serving (this
+                # callback's thread; inputs, the worker and diagnostics run on others). Only a
+                # model that loaded replaces it; otherwise the change is refused with the reason.
+                try:
+                    predictor = self._new_predictor(new["checkpoint"], new["backend"])
+                except Exception as exc:
+                    self.get_logger().error(f"{exc}; keeping the current model")
+                    return SetParametersResult(successful=False, reason=str(exc))
+                self.predictor, self.model_error = predictor, ""
             self.values = new
             self.pairer.set_slop(new["sync_slop"])
-            if (new["checkpoint"], new["backend"]) != old:
-                self._load_model(new["checkpoint"], new["backend"])
             return SetParametersResult(successful=True)
 
         # --- inputs ---------------------------------------------------------------------
@@ -339,6 +364,10 @@ def _make_node_class():
             since_ok = time.monotonic() - (s["last_ok"] or self._started)
             if self.predictor is None:
                 st.level, st.message = DiagnosticStatus.ERROR, self.model_error or "no model loaded"
+                if self.loading:
+                    st.message += f"; {self.loading}"
+            elif self.loading:
+                st.level, st.message = DiagnosticStatus.OK, f"{self.loading} (the current model keeps serving)"
             elif since_ok > self.values["input_timeout_s"]:
                 st.level = DiagnosticStatus.ERROR
                 st.message = f"no frame processed for {since_ok:.1f} s" + (
@@ -432,8 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"occupancy_node: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    from rclpy.executors import MultiThreadedExecutor
+
     try:
-        rclpy.spin(node)
+        # Three threads: parameter changes (which may load a model), inputs, diagnostics.
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
