@@ -34,24 +34,16 @@ if TYPE_CHECKING:
     import onnxruntime
 
 from monoocc_ros.geometry import (
-    IMAGE_HEIGHT,
-    IMAGE_WIDTH,
-    KITTI_CALIB,
     SEMANTIC_KITTI_GRID,
     in_image,
     project_points,
-    resize_image_and_projection,
     to_homogeneous,
 )
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.paths import cache_dir
+from monoocc_ros.preprocess import fit_to_training_camera, training_input_size
 
 Grid = tuple[torch.Tensor, torch.Tensor]  # labels (1, X, Y, Z) uint8, confidence (1, X, Y, Z) float32
-
-# The camera models are trained for: KITTI's image_2 (the synthetic world renders with it too).
-TRAIN_FOCAL = float(KITTI_CALIB["P2"][0, 0])  # px
-TRAIN_CENTER = (float(KITTI_CALIB["P2"][0, 2]), float(KITTI_CALIB["P2"][1, 2]))  # px (cx, cy)
-TRAIN_SIZE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -123,7 +115,7 @@ class Prepared:
 
 def network_input_size(cfg: ModelConfig) -> tuple[int, int]:
     """(H, W) the network sees: the training image scaled by the config's image_scale."""
-    return round(TRAIN_SIZE[0] * cfg.image_scale), round(TRAIN_SIZE[1] * cfg.image_scale)
+    return training_input_size(cfg.image_scale)
 
 
 def prepare_input(
@@ -135,31 +127,14 @@ def prepare_input(
 ) -> Prepared:
     """Rescale to the training focal length, pad/crop to the network input size (default the
     config's; an ONNX export may fix another) with the principal point at the same relative
-    place as in training, and compose the projection grid -> network pixels."""
+    place as in training, and compose the projection grid -> network pixels. The same
+    `preprocess.fit_to_training_camera` prepares the Dataset's images, so offline and node
+    scores of one frame are identical."""
     k, e = validate_camera(image, intrinsics, extrinsic)
-    out_h, out_w = size or network_input_size(cfg)
-    # Resize so fx matches training (fy follows with the same factor: square-ish pixels).
-    f = TRAIN_FOCAL * cfg.image_scale / k[0, 0]
-    h, w = image.shape[:2]
-    new_h, new_w = max(1, round(h * f)), max(1, round(w * f))
-    img, p = resize_image_and_projection(np.ascontiguousarray(image), k @ e, (new_h, new_w))
-    # Shift so the principal point lands on the training one (pixel-centre convention).
-    cx_target = (TRAIN_CENTER[0] + 0.5) * (out_w / TRAIN_SIZE[1]) - 0.5
-    cy_target = (TRAIN_CENTER[1] + 0.5) * (out_h / TRAIN_SIZE[0]) - 0.5
-    sx, sy = new_w / w, new_h / h  # the factors actually applied (after rounding the size)
-    cx_now = sx * k[0, 2] + 0.5 * (sx - 1)
-    cy_now = sy * k[1, 2] + 0.5 * (sy - 1)
-    dx, dy = round(cx_target - cx_now), round(cy_target - cy_now)
-    canvas = np.zeros((out_h, out_w, 3), np.uint8)
-    # destination window of the shifted image, clipped to the canvas
-    x0, y0 = max(dx, 0), max(dy, 0)
-    x1, y1 = min(dx + img.shape[1], out_w), min(dy + img.shape[0], out_h)
-    if x1 > x0 and y1 > y0:
-        canvas[y0:y1, x0:x1] = img[y0 - dy : y1 - dy, x0 - dx : x1 - dx]
-    shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+    canvas, projection = fit_to_training_camera(image, k, k @ e, size or network_input_size(cfg), cfg.image_scale)
     return Prepared(
         image=canvas.transpose(2, 0, 1).astype(np.float32) / 255.0,
-        projection=(shift @ p).astype(np.float32),
+        projection=projection.astype(np.float32),
     )
 
 

@@ -108,11 +108,12 @@ def test_checkpoint_round_trip_and_errors(tmp_path, tiny):
     with pytest.raises(CheckpointError, match="not a monoocc_ros checkpoint"):
         build_model_from_checkpoint(tmp_path / "other.pt")
     weights = dict(tiny.state_dict())
-    weights.pop("head.linear.bias")
-    weights["head.linear.weight"] = torch.zeros(3, 3)
+    weights.pop("head.subvoxel.bias")
+    weights["head.subvoxel.weight"] = torch.zeros(3, 3)
     save_checkpoint(tmp_path / "bad.pt", tiny.cfg, weights)
     with pytest.raises(
-        CheckpointError, match=r"missing 1 key\(s\) e.g. \['head.linear.bias'\].*shape mismatch in head.linear.weight"
+        CheckpointError,
+        match=r"missing 1 key\(s\) e.g. \['head.subvoxel.bias'\].*shape mismatch in head.subvoxel.weight",
     ):
         build_model_from_checkpoint(tmp_path / "bad.pt")
 

@@ -39,10 +39,10 @@ from monoocc_ros.geometry import (
     lidar_projection,
     other_frame_projection,
     points_to_sparse_image,
-    resize_image_and_projection,
     resize_projection,
 )
 from monoocc_ros.model.config import yaml_problem
+from monoocc_ros.preprocess import TRAIN_SIZE, fit_to_training_camera
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
@@ -57,6 +57,9 @@ class DatasetConfig:
     root: str
     sequences: tuple[str, ...]
     image_size: tuple[int, int] | None = None  # (H, W); None keeps the file's size
+    # The focal length images are brought to, as a multiple of the training camera's (the model's
+    # image_scale; None: image_size's height / the training height). preprocess.py, as the node.
+    image_scale: float | None = None
     frame_offsets: tuple[int, ...] = ()
     downsample: tuple[int, ...] = (2,)
     label_stride: int = 4  # 2D labels at 1/4 resolution, as the paper's auxiliary head
@@ -195,8 +198,9 @@ class SemanticKITTIDataset(Dataset):
     def _image(self, seq: _Sequence, frame: int, projection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         path = seq.path / "image_2" / f"{frame:06d}.png"
         image = np.array(Image.open(path).convert("RGB"))
-        if self.cfg.image_size is not None:
-            image, projection = resize_image_and_projection(image, projection, self.cfg.image_size)
+        if self.cfg.image_size is not None:  # what the node does to a camera image (preprocess.py)
+            scale = self.cfg.image_scale or self.cfg.image_size[0] / TRAIN_SIZE[0]
+            image, projection = fit_to_training_camera(image, seq.calib["P2"], projection, self.cfg.image_size, scale)
         return image, projection
 
     def image_tensor(self, name: str, frame: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
 from monoocc_ros.inference import Predictor, camera_view_mask
-from monoocc_ros.ros.camera import InputError, camera_info_to_intrinsics, image_to_rgb
+from monoocc_ros.ros.camera import InputError, camera_image, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
 from monoocc_ros.ros.node import OUTSIDE_VIEW
 from monoocc_ros.ros.visualization import build_markers, build_pointcloud
@@ -60,8 +60,7 @@ def run_frame(
     publish_confidence, max_marker_cubes, outside_view). Raises InputError for unusable messages."""
     t = {}
     t0 = time.perf_counter()
-    rgb = image_to_rgb(image_msg)
-    intrinsics = camera_info_to_intrinsics(info_msg, rgb.shape[:2])
+    rgb, intrinsics = camera_image(info_msg, image_to_rgb(image_msg))
     extrinsic = np.asarray(values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
     t1 = time.perf_counter()
     try:

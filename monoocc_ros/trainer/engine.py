@@ -126,6 +126,7 @@ def make_dataset(
             root=root,
             sequences=sequences,
             image_size=network_input_size(model_cfg),
+            image_scale=model_cfg.image_scale,
             frame_offsets=offsets if len(offsets) > 1 else (),
             downsample=tuple(scales),
             lidar_offsets=lidar_offsets,
