@@ -71,6 +71,10 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
     Param("input_timeout_s", float, 5.0, "Diagnostics turn ERROR when no frame was processed for this long.",
           runtime=True),
+    Param("max_drop_rate", float, 0.5, "Diagnostics turn WARN when more than this fraction of paired frames "
+          "was dropped in the last 10 s (the network is slower than the camera).", runtime=True),
+    Param("max_failure_rate", float, 0.2, "Diagnostics turn ERROR when more than this fraction of frames "
+          "failed in the last 10 s.", runtime=True),
 )  # fmt: skip
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
 
@@ -98,6 +102,9 @@ def validate_params(values: dict[str, Any]) -> list[str]:
             t = np.asarray(m, dtype=float).reshape(4, 4)
             if not np.allclose(t[3], [0, 0, 0, 1]) or not np.allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-3):
                 errors.append("grid_to_camera must be a rigid transform (orthonormal rotation, last row 0 0 0 1)")
+    for key in ("max_drop_rate", "max_failure_rate"):
+        if key in values and not 0 <= values[key] <= 1:
+            errors.append(f"{key} must be in [0, 1], got {values[key]}")
     for key in ("sync_slop", "processing_budget_ms", "input_timeout_s", "confidence_threshold"):
         if key in values and not values[key] >= 0:
             errors.append(f"{key} must be >= 0, got {values[key]}")
@@ -167,7 +174,8 @@ def _make_node_class():
     from visualization_msgs.msg import MarkerArray
 
     from monoocc_ros.msg import VoxelGrid
-    from monoocc_ros.ros.camera import InputError
+    from monoocc_ros.ros.camera import MAX_PIXELS, InputError
+    from monoocc_ros.ros.diagnostics import WINDOW_S, Inputs, NodeStats, RateWindow, assess
     from monoocc_ros.ros.pipeline import run_frame
     from monoocc_ros.ros.sync import StampPairer
 
@@ -197,8 +205,8 @@ def _make_node_class():
             self._lock = threading.Condition()
             self._pending: tuple | None = None
             self._stop = False
-            self.stats = {"frames": 0, "dropped": 0, "errors": 0, "last_error": "", "last_ok": 0.0,
-                          "processing_ms": 0.0, "latency_ms": 0.0}  # fmt: skip
+            self.stats = NodeStats()
+            self._rates = RateWindow()
             self._started = time.monotonic()
             self._last_logged: dict[str, float] = {}
 
@@ -303,7 +311,7 @@ def _make_node_class():
                 return
             with self._lock:
                 if self._pending is not None:
-                    self.stats["dropped"] += 1
+                    self.stats.dropped += 1
                 self._pending = pair
                 self._lock.notify()
 
@@ -326,8 +334,8 @@ def _make_node_class():
         def _fail(self, text: str) -> None:
             if self._stop or not self.context.ok():
                 return  # shutting down: a publish into a closed context is not a frame error
-            self.stats["errors"] += 1
-            self.stats["last_error"] = text
+            self.stats.errors += 1
+            self.stats.last_error = text
             # Throttled per kind of error (rclpy's throttle is per call site, which would hide
             # a second kind of problem behind the first).
             kind = text.split(":")[1].strip() if text.count(":") >= 2 else text
@@ -354,38 +362,29 @@ def _make_node_class():
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
             self.pub_proc.publish(Float64(data=proc_ms))
             self.pub_latency.publish(Float64(data=latency_ms))
-            self.stats.update(frames=self.stats["frames"] + 1, last_ok=time.monotonic(), processing_ms=proc_ms,
-                              latency_ms=latency_ms)  # fmt: skip
+            st = self.stats
+            st.processing_ms, st.latency_ms = proc_ms, latency_ms
+            st.frames, st.last_ok = st.frames + 1, time.monotonic()
 
         # --- diagnostics ----------------------------------------------------------------
         def diagnostic_status(self):
-            s = self.stats
+            s, pairs = self.stats, self.pairer.stats
             st = DiagnosticStatus(name=diagnostic_status_name(self.get_fully_qualified_name()), hardware_id="camera")
-            since_ok = time.monotonic() - (s["last_ok"] or self._started)
-            if self.predictor is None:
-                st.level, st.message = DiagnosticStatus.ERROR, self.model_error or "no model loaded"
-                if self.loading:
-                    st.message += f"; {self.loading}"
-            elif self.loading:
-                st.level, st.message = DiagnosticStatus.OK, f"{self.loading} (the current model keeps serving)"
-            elif since_ok > self.values["input_timeout_s"]:
-                st.level = DiagnosticStatus.ERROR
-                st.message = f"no frame processed for {since_ok:.1f} s" + (
-                    f"; last error: {s['last_error']}" if s["last_error"] else "; no input?"
-                )
-            elif s["processing_ms"] > self.values["processing_budget_ms"]:
-                st.level = DiagnosticStatus.WARN
-                budget = self.values["processing_budget_ms"]
-                st.message = f"processing {s['processing_ms']:.0f} ms > budget {budget:.0f} ms"
-            else:
-                st.level, st.message = DiagnosticStatus.OK, "ok"
+            window = self._rates.add(time.monotonic(), s)
+            inputs = Inputs(pairs.unmatched_images, pairs.zero_stamp, pairs.last_unpaired_reason)
+            model_error = None if self.predictor is not None else (self.model_error or "no model loaded")
+            since_ok = time.monotonic() - (s.last_ok or self._started)
+            level, st.message = assess(s, window, inputs, self.values, since_ok, model_error, self.loading)
+            st.level = bytes([level])
             st.values = [
                 KeyValue(key=k, value=str(v))
                 for k, v in (
-                    ("frames", s["frames"]), ("dropped_frames", s["dropped"]), ("errors", s["errors"]),
-                    ("processing_ms", f"{s['processing_ms']:.1f}"), ("latency_ms", f"{s['latency_ms']:.1f}"),
-                    ("unpaired_images", self.pairer.stats.unmatched_images),
-                    ("zero_stamps", self.pairer.stats.zero_stamp), ("last_error", s["last_error"]),
+                    ("frames", s.frames), ("dropped_frames", s.dropped), ("errors", s.errors),
+                    (f"frames_dropped_errors_last_{WINDOW_S:.0f}s", "/".join(map(str, window))),
+                    ("processing_ms", f"{s.processing_ms:.1f}"), ("latency_ms", f"{s.latency_ms:.1f}"),
+                    ("unpaired_images", pairs.unmatched_images), ("unpaired_reason", pairs.last_unpaired_reason),
+                    ("zero_stamps", pairs.zero_stamp), ("last_error", s.last_error),
+                    ("largest_image_accepted_px", MAX_PIXELS),
                 )
             ]  # fmt: skip
             return st

@@ -18,6 +18,10 @@ class PairStats:
     paired: int = 0
     zero_stamp: int = 0
     unmatched_images: int = 0  # images evicted from the buffer without a camera info
+    infos_received: int = 0
+    # Why the last image went unpaired, in words (diagnostics show it): no camera info at all, or
+    # how far the nearest camera info's stamp was from the image's.
+    last_unpaired_reason: str = ""
 
 
 class StampPairer:
@@ -56,14 +60,27 @@ class StampPairer:
             return image, self.infos[i][1], stamp_ns
         self.images.append((stamp_ns, image))
         while len(self.images) > self.queue_size:
-            self.images.popleft()
-            self.stats.unmatched_images += 1
+            s, _ = self.images.popleft()
+            self._unpaired(s)
         return None
+
+    def _unpaired(self, stamp_ns: int) -> None:
+        self.stats.unmatched_images += 1
+        if not self.stats.infos_received:
+            self.stats.last_unpaired_reason = "no camera info received"
+            return
+        nearest = min((abs(s - stamp_ns) for s, _ in self.infos), default=None)
+        slop = f"sync_slop {self.slop_ns / 1e9:g} s"
+        self.stats.last_unpaired_reason = (
+            f"nearest camera info stamp {nearest / 1e6:.1f} ms away ({slop})" if nearest is not None else
+            f"no camera info within {slop}"
+        )  # fmt: skip
 
     def add_camera_info(self, stamp_ns: int, info: Any) -> tuple[Any, Any, int] | None:
         if stamp_ns == 0:
             self.stats.zero_stamp += 1
             return None
+        self.stats.infos_received += 1
         self.infos.append((stamp_ns, info))
         i = self._best(stamp_ns, self.images)
         if i is None:
@@ -73,6 +90,6 @@ class StampPairer:
         for _ in range(i + 1):
             s, _ = self.images.popleft()
             if s != img_stamp:
-                self.stats.unmatched_images += 1
+                self._unpaired(s)
         self.stats.paired += 1
         return image, info, img_stamp
