@@ -86,9 +86,13 @@ def save_checkpoint(path: str | os.PathLike, model_config: ModelConfig, weights:
         "code_version": code_version(),
         **{k: plain(v) for k, v in extra.items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C, a full disk: no *.tmp left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
         counts = from_dataset(args.data, args.sequence, args.out, args.storage, max_frames=args.max_frames)
         print(f"wrote {args.out}: {counts['images']} images, {counts['ground_truth']} ground-truth grids")
         return 0
+    if cmd == "repair":
+        from monoocc_ros.bag.repair import repair
+
+        out = args.out or f"{str(args.bag).rstrip('/')}_repaired"
+        counts = repair(args.bag, out)
+        print(f"wrote {out}: " + (", ".join(f"{t}: {c}" for t, c in counts.items()) or "no messages survived"))
+        return 0
     if cmd == "eval":
         from monoocc_ros.bag.evaluate import score_bags
 
