@@ -36,9 +36,9 @@ from torch import nn
 from monoocc_ros.checkpoint import CheckpointError, build_model_from_checkpoint, code_version, sha256
 from monoocc_ros.classes import CLASS_NAMES
 from monoocc_ros.geometry import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB
-from monoocc_ros.inference import network_input_size, prepare_input
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.monoocc import MonoOcc
+from monoocc_ros.preprocess import network_input_size, prepare_input
 
 OPSET = 20
 FORMAT = 2  # of the metadata and outputs below (1: a `logits` output)

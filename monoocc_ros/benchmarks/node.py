@@ -58,13 +58,13 @@ def main(checkpoint: str | None = None, frames: int = 20, e2e_frames: int = 20) 
     from monoocc_ros.geometry import KITTI_CALIB
     from monoocc_ros.inference import Predictor
     from monoocc_ros.msg import VoxelGrid
-    from monoocc_ros.ros.node import PARAMS
+    from monoocc_ros.ros.params import default_params
     from monoocc_ros.ros.pipeline import run_frame
 
     ckpt, label = _checkpoint(checkpoint)
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     rgb = _frame()
-    values = {p.name: p.default for p in PARAMS}
+    values = default_params()
     from monoocc_ros.ros.harness import camera_info_msg, image_msg
 
     stamp = 1_000_000_000

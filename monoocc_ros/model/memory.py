@@ -56,15 +56,14 @@ def configure_memory(model: nn.Module, mode: str = "auto", chunk: int = DEFAULT_
 
 
 def set_memory_saving(model: nn.Module, checkpointing: bool, chunk: int = DEFAULT_CHUNK) -> None:
-    """Switch every checkpointable piece of `model` on or off and set the sampling chunk."""
-    from monoocc_ros.model.deformable import DeformableAttention
-    from monoocc_ros.model.head import OccupancyHead
-    from monoocc_ros.model.voxel_transformer import _PostNormLayer
-
+    """Switch every checkpointable piece of `model` on or off and set the sampling chunk. The
+    pieces say so themselves with a `checkpointing` class attribute (DeformableAttention, the
+    transformer layers, OccupancyHead; DeformableAttention also has `chunk`): this module is
+    below them and imports none of them."""
     if chunk < 1:
         raise ValueError(f"attention chunk must be >= 1 query, got {chunk}")
     for module in model.modules():
-        if isinstance(module, DeformableAttention):
-            module.chunk, module.checkpointing = chunk, checkpointing
-        elif isinstance(module, (_PostNormLayer, OccupancyHead)):
+        if isinstance(getattr(type(module), "checkpointing", None), bool):
             module.checkpointing = checkpointing
+            if hasattr(module, "chunk"):
+                module.chunk = chunk

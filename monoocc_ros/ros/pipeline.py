@@ -14,7 +14,7 @@ from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
 from monoocc_ros.inference import Predictor, camera_view_mask
 from monoocc_ros.ros.camera import InputError, camera_image, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
-from monoocc_ros.ros.node import OUTSIDE_VIEW
+from monoocc_ros.ros.params import OUTSIDE_VIEW, NodeParams
 from monoocc_ros.ros.visualization import build_markers, build_pointcloud
 
 
@@ -52,16 +52,16 @@ def run_frame(
     image_msg,
     info_msg,
     stamp_ns: int,
-    values: dict[str, Any],
+    params: NodeParams,
     want_markers: bool,
     want_points: bool,
 ) -> FrameOutputs:
-    """`values`: the node's parameter values (grid_frame, grid_to_camera, confidence_threshold,
-    publish_confidence, max_marker_cubes, outside_view). Raises InputError for unusable messages."""
+    """`params`: the node's parameters (grid_frame, grid_to_camera, confidence_threshold,
+    publish_confidence, max_marker_cubes, outside_view are used). Raises InputError for unusable messages."""
     t = {}
     t0 = time.perf_counter()
     rgb, intrinsics = camera_image(info_msg, image_to_rgb(image_msg))
-    extrinsic = np.asarray(values["grid_to_camera"], dtype=np.float64).reshape(4, 4)
+    extrinsic = np.asarray(params.grid_to_camera, dtype=np.float64).reshape(4, 4)
     t1 = time.perf_counter()
     try:
         prepared = predictor.prepare(rgb, intrinsics, extrinsic)
@@ -70,16 +70,16 @@ def run_frame(
     t2 = time.perf_counter()
     labels, confidence = predictor.postprocess(predictor.infer(prepared))
     view = camera_view_mask(intrinsics, extrinsic, rgb.shape[:2])
-    labels, confidence = apply_field_of_view(labels, confidence, view, values["outside_view"])
-    labels = apply_confidence_threshold(labels, confidence, values["confidence_threshold"])
+    labels, confidence = apply_field_of_view(labels, confidence, view, params.outside_view)
+    labels = apply_confidence_threshold(labels, confidence, params.confidence_threshold)
     t3 = time.perf_counter()
     header = image_msg.header.__class__()
     header.stamp = image_msg.header.stamp
-    header.frame_id = values["grid_frame"]
-    conf = quantize_confidence(confidence) if values["publish_confidence"] else None
+    header.frame_id = params.grid_frame
+    conf = quantize_confidence(confidence) if params.publish_confidence else None
     voxels = grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
     t4 = time.perf_counter()
-    markers = build_markers(labels, SEMANTIC_KITTI_GRID, header, values["max_marker_cubes"]) if want_markers else None
+    markers = build_markers(labels, SEMANTIC_KITTI_GRID, header, params.max_marker_cubes) if want_markers else None
     t5 = time.perf_counter()
     points = build_pointcloud(labels, SEMANTIC_KITTI_GRID, header) if want_points else None
     t6 = time.perf_counter()

@@ -44,13 +44,14 @@ from monoocc_ros.data.dataset import (
     list_sequences,
     load_splits,
 )
-from monoocc_ros.inference import network_input_size, resolve_device
+from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import RegionMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.memory import configure_memory
 from monoocc_ros.model.monoocc import MonoOcc
 from monoocc_ros.paths import cache_dir
+from monoocc_ros.preprocess import network_input_size
 from monoocc_ros.trainer.config import TrainConfig
 from monoocc_ros.trainer.teacher_cache import teacher_outputs
 
