@@ -16,7 +16,7 @@ setup(
     install_requires=["numpy", "pyyaml", "tqdm", "pillow"],
     entry_points={
         "console_scripts": [
-            "occupancy_node = monoocc_ros.ros.node:main",
+            "occupancy_node = monoocc_ros.ros.main:main",
             "monoocc = monoocc_ros.cli:main",
         ]
     },

@@ -40,14 +40,14 @@ def main() -> int:
 
     def visit(node: str, stack: list[str]) -> None:
         if node in stack:
-            cycle = stack[stack.index(node):]
+            cycle = stack[stack.index(node) :]
             key = frozenset(cycle)
             if key not in seen:
                 seen.add(key)
-                cycles.append(cycle + [node])
+                cycles.append([*cycle, node])
             return
         for dep in sorted(graph.get(node, ())):
-            visit(dep, stack + [node])
+            visit(dep, [*stack, node])
 
     for m in sorted(graph):
         visit(m, [])

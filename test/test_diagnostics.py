@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from monoocc_ros.ros.diagnostics import ERROR, OK, WARN, WINDOW_S, Inputs, NodeStats, RateWindow, assess
-from monoocc_ros.ros.node import PARAMS
+from monoocc_ros.ros.params import PARAMS
 from monoocc_ros.ros.sync import StampPairer
 
 PARAMS_DEFAULT = {p.name: p.default for p in PARAMS}
@@ -63,6 +63,35 @@ def test_rate_window_forgets_what_is_older_than_the_window():
 
 @pytest.mark.parametrize("key", ["max_drop_rate", "max_failure_rate"])
 def test_rate_parameters_are_validated(key):
-    from monoocc_ros.ros.node import validate_params
+    from monoocc_ros.ros.params import validate_params
 
     assert validate_params({key: 1.5}) == [f"{key} must be in [0, 1], got 1.5"]
+
+
+def test_node_class_in_process():
+    """The node built in this process (rclpy, no executor): parameters typed, diagnostics say
+    there is no input yet, a bad run-time change is refused with the reason, a good one applies."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from monoocc_ros.ros.node import OccupancyNode
+
+    rclpy.init()
+    try:
+        node = OccupancyNode()
+        try:
+            assert node.params.sync_slop == 0.0 and node.predictor is not None
+            status = node.diagnostic_status()
+            assert status.level == bytes([OK]) and status.message == "ok"
+            node._started -= 60  # a minute without frames
+            status = node.diagnostic_status()
+            assert status.level == bytes([ERROR]) and "no input: nothing arrived" in status.message
+            refused = node.set_parameters([Parameter("max_drop_rate", value=2.0)])[0]
+            assert not refused.successful and "max_drop_rate must be in [0, 1]" in refused.reason
+            assert node.set_parameters([Parameter("sync_slop", value=0.05)])[0].successful
+            assert node.params.sync_slop == 0.05 and node.pairer.slop_ns == 50_000_000
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()

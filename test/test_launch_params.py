@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from monoocc_ros.ros.node import PARAMS, validate_params
+from monoocc_ros.ros.params import PARAMS, validate_params
 
 LAUNCH = REPO_ROOT / "launch" / "occ.launch.py"
 
@@ -36,7 +36,7 @@ def test_launch_file_names_only_things_that_exist():
     assert "occ.yaml" in strings and "occ.rviz" in strings
     # the executable is installed under lib/monoocc_ros by CMake and is a console script for pip
     assert "scripts/occupancy_node" in (REPO_ROOT / "CMakeLists.txt").read_text()
-    assert "occupancy_node = monoocc_ros.ros.node:main" in (REPO_ROOT / "setup.py").read_text()
+    assert "occupancy_node = monoocc_ros.ros.main:main" in (REPO_ROOT / "setup.py").read_text()
     names = {p.name for p in PARAMS} | {"use_sim_time"}
     dict_keys = {
         k.value for d in ast.walk(tree) if isinstance(d, ast.Dict) for k in d.keys if isinstance(k, ast.Constant)
@@ -125,7 +125,7 @@ def test_node_help_and_bad_parameter_at_startup(tmp_path):
 
 
 def test_cuda_only_settings_without_cuda_refuse_to_start():
-    from monoocc_ros.ros.node import cuda_errors
+    from monoocc_ros.ros.params import cuda_errors
 
     assert cuda_errors({"device": "cuda", "half_precision": False}, cuda_available=True) == []
     assert cuda_errors({"device": "auto", "half_precision": True}, cuda_available=True) == []
