@@ -49,7 +49,8 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check monoocc_ros test scripts launch setup.py
-	$(VENV)/bin/ruff format --check monoocc_ros test setup.py
+	$(VENV)/bin/ruff format --check monoocc_ros test scripts setup.py
+	$(VENV)/bin/python scripts/import_graph.py
 
 bench: setup
 	$(VENV)/bin/monoocc bench msg

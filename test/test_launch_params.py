@@ -98,11 +98,11 @@ def test_validation_messages():
 
 def test_node_help_and_bad_parameter_at_startup(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "monoocc_ros.ros.node", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "monoocc_ros.ros.main", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "processing_budget_ms" in out.stdout and "~/output/voxels" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args", "-p", "device:=tpu", "-p", "sync_slop:=-1.0"],
+        [sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args", "-p", "device:=tpu", "-p", "sync_slop:=-1.0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,7 +117,7 @@ def test_node_help_and_bad_parameter_at_startup(tmp_path):
         (["--params-file", str(params)], "params.yaml"),  # not ROS parameter YAML
         (["-p", "sync_slop:=1"], "expecting type 'DOUBLE'"),  # an integer where a double is declared
     ):
-        bad = subprocess.run([sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args", *args],
+        bad = subprocess.run([sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args", *args],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
@@ -138,7 +138,7 @@ def test_cuda_only_settings_without_cuda_refuse_to_start():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the node would start")
     bad = subprocess.run(
-        [sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args", "-p", "device:=cuda"],
+        [sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args", "-p", "device:=cuda"],
         capture_output=True,
         text=True,
         timeout=60,

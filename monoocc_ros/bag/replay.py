@@ -65,7 +65,7 @@ def _view_of(store, info_raw: bytes | None, extrinsic: np.ndarray) -> np.ndarray
 
 
 def start_node_process(checkpoint: str | None, extra_params: list[str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
+    cmd = [sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args",
            "--params-file", str(package_file("config/occ.yaml")),
            "-p", "use_sim_time:=true", "-p", "device:=cpu",
            "-r", f"~/input/image:={IMAGE_TOPIC}", "-r", f"~/input/camera_info:={INFO_TOPIC}"]  # fmt: skip

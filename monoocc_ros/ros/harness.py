@@ -29,7 +29,7 @@ def random_tiny_checkpoint(path: Path) -> Path:
 
 def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-m", "monoocc_ros.ros.node", "--ros-args",
+        sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args",
         "--params-file", str(package_file("config/occ.yaml")),
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
         "-r", f"__ns:={ns}",

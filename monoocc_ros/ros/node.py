@@ -264,11 +264,3 @@ class OccupancyNode(Node):
             self._stop = True
             self._lock.notify()
         self._worker.join(timeout=5.0)
-
-
-if __name__ == "__main__":  # python -m monoocc_ros.ros.node, as the tools start it
-    import sys
-
-    from monoocc_ros.ros.main import main
-
-    sys.exit(main())
