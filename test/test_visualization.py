@@ -1,6 +1,7 @@
 """Markers and point cloud built from a label grid decode back to the right voxels and colours."""
 
 import numpy as np
+import pytest
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
@@ -41,3 +42,32 @@ def test_markers_surface_only_capped_and_coloured():
     assert (by_ns["car"].color.r, by_ns["car"].color.g) == (100 / 255, 150 / 255)
     capped = build_markers(g, G, Header(), max_cubes=10)
     assert sum(len(m.points) for m in capped.markers[1:]) <= 14  # every 3rd voxel per class
+
+
+@pytest.mark.parametrize("cap", [20000, 0], ids=["capped", "uncapped"])
+def test_serialized_markers_and_points_equal_the_slow_messages(cap):
+    """What the node publishes (bytes written from numpy, ros/cdr.py) deserializes to exactly the
+    messages built object by object and serialized by rclpy, as a subscriber receives them."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import MarkerArray
+
+    from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+    from monoocc_ros.ros.visualization import build_markers, build_pointcloud, markers_cdr, pointcloud_cdr
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros(SEMANTIC_KITTI_GRID.shape, np.uint8)
+    labels[:, :, :2] = rng.integers(0, 20, (256, 256, 2))  # a ground of every class
+    labels[100:120, 100:140, 5:12] = 10  # a block whose inside is hidden
+    labels[3, 4, 30] = 255  # unknown voxels are not drawn
+    header = Header(frame_id="velodyne")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    received = lambda data, cls: deserialize_message(data, cls)  # noqa: E731
+    slow = received(serialize_message(build_markers(labels, SEMANTIC_KITTI_GRID, header, cap)), MarkerArray)
+    fast = received(markers_cdr(labels, SEMANTIC_KITTI_GRID, header, cap), MarkerArray)
+    assert fast == slow and len(fast.markers) == 20  # DELETEALL + 19 classes
+    assert sum(len(m.points) for m in fast.markers) <= (cap or 10**9)
+    slow = received(serialize_message(build_pointcloud(labels, SEMANTIC_KITTI_GRID, header)), PointCloud2)
+    fast = received(pointcloud_cdr(labels, SEMANTIC_KITTI_GRID, header), PointCloud2)
+    assert fast == slow and fast.width == int(((labels > 0) & (labels != 255)).sum())

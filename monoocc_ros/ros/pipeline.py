@@ -15,7 +15,7 @@ from monoocc_ros.inference import Predictor, camera_view_mask
 from monoocc_ros.ros.camera import InputError, camera_image, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
 from monoocc_ros.ros.params import OUTSIDE_VIEW, NodeParams
-from monoocc_ros.ros.visualization import build_markers, build_pointcloud
+from monoocc_ros.ros.visualization import markers_cdr, pointcloud_cdr
 
 
 @dataclass
@@ -79,9 +79,11 @@ def run_frame(
     conf = quantize_confidence(confidence) if params.publish_confidence else None
     voxels = grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
     t4 = time.perf_counter()
-    markers = build_markers(labels, SEMANTIC_KITTI_GRID, header, params.max_marker_cubes) if want_markers else None
+    # Markers and points as serialized bytes (ros/cdr.py): publishing bytes skips building one
+    # Python object per cube and rclpy's serialization of them.
+    markers = markers_cdr(labels, SEMANTIC_KITTI_GRID, header, params.max_marker_cubes) if want_markers else None
     t5 = time.perf_counter()
-    points = build_pointcloud(labels, SEMANTIC_KITTI_GRID, header) if want_points else None
+    points = pointcloud_cdr(labels, SEMANTIC_KITTI_GRID, header) if want_points else None
     t6 = time.perf_counter()
     t.update(decode=t1 - t0, preprocess=t2 - t1, inference=t3 - t2, voxel_message=t4 - t3, markers=t5 - t4,
              points=t6 - t5)  # fmt: skip

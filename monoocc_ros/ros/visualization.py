@@ -60,24 +60,23 @@ def surface_voxels(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(occ & ~inner)
 
 
-def build_markers(labels: np.ndarray, grid: GridSpec, header, max_cubes: int = 0):
-    """MarkerArray: DELETEALL, then one CUBE_LIST per present class (namespace = class name).
-    Only surface voxels are drawn (hidden interior cubes cost RViz time and show nothing);
-    `max_cubes` > 0 caps the total by keeping every n-th voxel of each class."""
-    from geometry_msgs.msg import Point
-    from visualization_msgs.msg import Marker, MarkerArray
+def _marker_parts(labels: np.ndarray, grid: GridSpec, header, max_cubes: int) -> list[tuple[object, np.ndarray]]:
+    """(Marker without points, its cube centres (N, 3) float64) for DELETEALL and each class."""
+    from visualization_msgs.msg import Marker
 
-    out = MarkerArray()
     clear = Marker()
     clear.header = header
     clear.action = Marker.DELETEALL
-    out.markers.append(clear)
+    parts = [(clear, np.zeros((0, 3)))]
     idx = surface_voxels(labels)
     lab = labels.reshape(-1)[idx]
     stride = max(1, int(np.ceil(len(idx) / max_cubes))) if max_cubes > 0 and len(idx) > max_cubes else 1
-    centers = voxel_centers(grid, idx)
-    for c in np.unique(lab):
-        sel = centers[lab == c][::stride]
+    # Voxels grouped by class, each group in grid order (stable sort), so that every stride-th
+    # voxel of a class is picked before any centre is gathered (the gather was the cost).
+    order = np.argsort(lab, kind="stable")
+    classes, starts = np.unique(lab[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    for c, start, end in zip(classes, starts, ends, strict=True):
         m = Marker()
         m.header = header
         m.ns = CLASS_NAMES[int(c)]
@@ -88,13 +87,56 @@ def build_markers(labels: np.ndarray, grid: GridSpec, header, max_cubes: int = 0
         m.scale.x = m.scale.y = m.scale.z = float(grid.resolution)
         r, g, b = (CLASS_COLORS_RGB[int(c)] / 255.0).tolist()
         m.color.r, m.color.g, m.color.b, m.color.a = r, g, b, 1.0
+        parts.append((m, voxel_centers(grid, idx[order[start:end:stride]]).astype(np.float64)))
+    return parts
+
+
+def build_markers(labels: np.ndarray, grid: GridSpec, header, max_cubes: int = 0):
+    """MarkerArray: DELETEALL, then one CUBE_LIST per present class (namespace = class name).
+    Only surface voxels are drawn (hidden interior cubes cost RViz time and show nothing);
+    `max_cubes` > 0 caps the total by keeping every n-th voxel of each class. The message built
+    object by object (slow: one Point per cube); the node publishes `markers_cdr` instead."""
+    from geometry_msgs.msg import Point
+    from visualization_msgs.msg import MarkerArray
+
+    out = MarkerArray()
+    for m, sel in _marker_parts(labels, grid, header, max_cubes):
         m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in sel]
         out.markers.append(m)
     return out
 
 
+def markers_cdr(labels: np.ndarray, grid: GridSpec, header, max_cubes: int = 0) -> bytes:
+    """`build_markers`, serialized (the bytes rclpy would write for it), with the cube centres
+    written straight from numpy (ros/cdr.py): what the node publishes."""
+    from visualization_msgs.msg import Marker
+
+    from monoocc_ros.ros.cdr import serialize_items
+
+    parts = _marker_parts(labels, grid, header, max_cubes)
+    # geometry_msgs/Point rows are three float64: CDR aligns them to 8.
+    return serialize_items([m for m, _ in parts], Marker, [{"points": (p, 8)} for _, p in parts])
+
+
 def build_pointcloud(labels: np.ndarray, grid: GridSpec, header):
     """PointCloud2 (x, y, z float32; label uint8; rgb float32 packed as RViz expects)."""
+    msg, rows = _cloud(labels, grid, header)
+    data = array.array("B")
+    data.frombytes(rows.tobytes())
+    msg.data = data
+    return msg
+
+
+def pointcloud_cdr(labels: np.ndarray, grid: GridSpec, header) -> bytes:
+    """`build_pointcloud`, serialized, its data written from numpy: what the node publishes."""
+    from monoocc_ros.ros.cdr import serialize
+
+    msg, rows = _cloud(labels, grid, header)
+    return serialize(msg, {"data": (rows.view(np.uint8).reshape(-1), 1)})
+
+
+def _cloud(labels: np.ndarray, grid: GridSpec, header):
+    """(PointCloud2 without data, its rows (N, 5) float32)."""
     from sensor_msgs.msg import PointCloud2, PointField
 
     idx, lab = occupied_voxels(labels)
@@ -118,7 +160,4 @@ def build_pointcloud(labels: np.ndarray, grid: GridSpec, header):
     msg.point_step = 20
     msg.row_step = 20 * len(idx)
     msg.is_dense = True
-    data = array.array("B")
-    data.frombytes(rows.tobytes())
-    msg.data = data
-    return msg
+    return msg, rows
