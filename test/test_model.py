@@ -102,7 +102,10 @@ def test_tiny_configs_shapes_and_gradients(name):
     if cfg.head == "fine":  # zero-initialised sub-voxel correction (starts from the coarse geometry)
         torch.nn.init.normal_(model.head.subvoxel.weight, std=1e-3)
     images, proj = _inputs(cfg, batch=2)
-    out = model(images, proj)
+    lidar = None
+    if cfg.privileged_lidar:  # a privileged teacher: accumulated LiDAR, log(1 + returns) per query voxel
+        lidar = torch.log1p(torch.poisson(torch.full((2, *cfg.query_grid.shape), 0.05)))
+    out = model(images, proj, lidar)
     og, qg = cfg.output_grid.shape, cfg.query_grid.shape
     assert out["logits"].shape == (2, 20, *SEMANTIC_KITTI_GRID.scaled(cfg.logits_scale).shape)
     if cfg.head == "fine":

@@ -110,43 +110,52 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"model config {self.name!r}: {key} {why}")
+        """Validated once, here: each rule raises a ConfigError naming the key."""
+        self._check_sizes()
+        self._check_head()
+        if not 0 < self.image_scale <= 2:
+            raise self._bad("image_scale", "must be in (0, 2]")
+        if 0 not in self.frame_offsets:
+            raise self._bad("frame_offsets", "must contain 0 (the current frame)")
+        if not 0 < self.proposal_threshold < 1:
+            raise self._bad("proposal_threshold", "must be in (0, 1)")
 
+    def _bad(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"model config {self.name!r}: {key} {why}")
+
+    def _check_sizes(self) -> None:
         if self.backbone not in BACKBONES:
-            raise bad("backbone", f"must be one of {BACKBONES}, got {self.backbone!r}")
+            raise self._bad("backbone", f"must be one of {BACKBONES}, got {self.backbone!r}")
         if self.embed_dim % self.heads:
-            raise bad("embed_dim", f"({self.embed_dim}) must be divisible by heads ({self.heads})")
+            raise self._bad("embed_dim", f"({self.embed_dim}) must be divisible by heads ({self.heads})")
         for key in ("embed_dim", "heads", "points", "ffn_dim", "depth_bins", "output_scale", "query_scale"):
             if getattr(self, key) <= 0:
-                raise bad(key, "must be positive")
+                raise self._bad(key, "must be positive")
         for key in ("cross_layers", "self_layers", "icca_layers", "cross_view_blocks", "frozen_stages"):
             if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
-        if self.head not in HEADS:
-            raise bad("head", f"must be one of {HEADS}, got {self.head!r}")
-        if self.head == "fine":
-            if (
-                self.semantic_scale <= 0
-                or self.query_scale % self.semantic_scale
-                or self.semantic_scale % self.output_scale
-            ):
-                raise bad("semantic_scale", "must divide query_scale and be a multiple of output_scale")
-            if self.query_scale // self.semantic_scale not in (1, 2):
-                raise bad("semantic_scale", "must be query_scale or query_scale / 2 (semantics upsample by 2 at most)")
-            if self.query_scale % self.output_scale:
-                raise bad("output_scale", "must divide query_scale (each query predicts its sub-voxels)")
-        elif self.query_scale % self.output_scale or self.query_scale // self.output_scale not in (1, 2):
-            raise bad("query_scale", "must be output_scale or 2 x output_scale (the head upsamples by 2 at most)")
+                raise self._bad(key, "must be >= 0")
         for key, scale in (("output_scale", self.output_scale), ("query_scale", self.query_scale)):
             if any(s % scale for s in SEMANTIC_KITTI_GRID.shape):
-                raise bad(key, f"({scale}) must divide the grid {SEMANTIC_KITTI_GRID.shape}")
-        if not 0 < self.image_scale <= 2:
-            raise bad("image_scale", "must be in (0, 2]")
-        if 0 not in self.frame_offsets:
-            raise bad("frame_offsets", "must contain 0 (the current frame)")
-        if not 0 < self.proposal_threshold < 1:
-            raise bad("proposal_threshold", "must be in (0, 1)")
+                raise self._bad(key, f"({scale}) must divide the grid {SEMANTIC_KITTI_GRID.shape}")
+
+    def _check_head(self) -> None:
+        if self.head not in HEADS:
+            raise self._bad("head", f"must be one of {HEADS}, got {self.head!r}")
+        q, s, o = self.query_scale, self.semantic_scale, self.output_scale
+        if self.head == "paper":
+            if q % o or q // o not in (1, 2):
+                raise self._bad(
+                    "query_scale", "must be output_scale or 2 x output_scale (the head upsamples by 2 at most)"
+                )
+            return
+        if s <= 0 or q % s or s % o:
+            raise self._bad("semantic_scale", "must divide query_scale and be a multiple of output_scale")
+        if q // s not in (1, 2):
+            raise self._bad(
+                "semantic_scale", "must be query_scale or query_scale / 2 (semantics upsample by 2 at most)"
+            )
+        if q % o:
+            raise self._bad("output_scale", "must divide query_scale (each query predicts its sub-voxels)")
 
     @property
     def output_grid(self) -> GridSpec:
