@@ -82,9 +82,9 @@ def _view_mask(projection: bytes, height: int, width: int) -> np.ndarray:
 
 def expand_to_full_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
     """(X, Y, Z) at a coarser grid -> the SemanticKITTI grid by repeating each voxel."""
-    if factor == 1:
-        return x
-    return x.repeat_interleave(factor, 0).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    from monoocc_ros.model.head import repeat_voxels
+
+    return repeat_voxels(x[None], factor)[0]
 
 
 class TorchBackend:
@@ -290,4 +290,4 @@ class Predictor:
         factor = SEMANTIC_KITTI_GRID.shape[0] // labels.shape[0]
         labels = expand_to_full_grid(labels.to(torch.uint8), factor)
         confidence = expand_to_full_grid(confidence, factor)
-        return labels.cpu().numpy(), confidence.cpu().numpy().astype(np.float32)
+        return labels.cpu().numpy(), confidence.cpu().numpy().astype(np.float32, copy=False)

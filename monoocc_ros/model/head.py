@@ -11,6 +11,7 @@ without layout copies."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monoocc_ros.model.export_friendly import upsample_trilinear
@@ -96,15 +97,25 @@ class FineOccupancyHead(nn.Module):
         nn.init.zeros_(self.subvoxel.bias)
 
     def forward(self, voxels: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, _, xq, yq, zq = voxels.shape
-        r = self.r
         logits = self.semantic(voxels)  # (B, 20, Xs, Ys, Zs)
         coarse = occupied_log_odds(logits)  # (B, Xs, Ys, Zs)
-        up = r // self.u  # static (a traced shape would make the export's matrices data-dependent)
+        up = self.r // self.u  # static (a traced shape would make the export's matrices data-dependent)
         base = coarse[:, None] if up == 1 else upsample_trilinear(coarse[:, None], up)
-        fine = self.subvoxel(self.norm(voxels.permute(0, 2, 3, 4, 1)))  # (B, Xq, Yq, Zq, r^3)
-        fine = fine.reshape(b, xq, yq, zq, r, r, r).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, xq * r, yq * r, zq * r)
+        fine = self._subvoxels(self.norm(voxels.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3))
         return {"logits": logits, "occupancy": base[:, 0] + fine}
+
+    def _subvoxels(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, Xq, Yq, Zq) normalised features -> (B, Xq*r, Yq*r, Zq*r): the Linear(C, r^3)
+        applied per query with its r^3 outputs laid out as the query's sub-voxels. Computed as one
+        transposed convolution with kernel = stride = r (the same sums, no overlap), the bias
+        entering as a constant input channel: a 7-D transpose of the Linear's output cost ONNX
+        Runtime 20 ms per frame here."""
+        b, c, xq, yq, zq = x.shape
+        r = self.r
+        ones = torch.ones(b, 1, xq, yq, zq, dtype=x.dtype, device=x.device)
+        weight = torch.cat([self.subvoxel.weight, self.subvoxel.bias[:, None]], 1)  # (r^3, C + 1)
+        weight = weight.t().reshape(c + 1, 1, r, r, r)
+        return F.conv_transpose3d(torch.cat([x, ones], 1), weight, stride=r)[:, 0]
 
 
 def occupied_log_odds(logits: torch.Tensor) -> torch.Tensor:
@@ -127,10 +138,20 @@ def labels_and_confidence(
         confidence, labels = logits.softmax(1).max(1)
         return labels.to(torch.uint8), confidence
     class_prob, cls = logits[:, 1:].softmax(1).max(1)
-    if factor > 1:
-        cls = cls.repeat_interleave(factor, 1).repeat_interleave(factor, 2).repeat_interleave(factor, 3)
-        class_prob = class_prob.repeat_interleave(factor, 1).repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    # Labels as uint8 at the semantic grid, then repeated to the output grid in one expand (an
+    # int64 class index repeated axis by axis was 8x the bytes and three copies).
+    cls = repeat_voxels((cls + 1).to(torch.uint8), factor)
+    class_prob = repeat_voxels(class_prob, factor)
     p = occupancy.sigmoid()
     occupied = occupancy > 0
-    labels = torch.where(occupied, cls + 1, torch.zeros_like(cls)).to(torch.uint8)
+    labels = torch.where(occupied, cls, torch.zeros_like(cls))
     return labels, torch.where(occupied, p * class_prob, 1 - p)
+
+
+def repeat_voxels(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, X, Y, Z) -> (B, fX, fY, fZ), each voxel repeated f times along each axis (one copy)."""
+    if factor == 1:
+        return x
+    b, nx, ny, nz = x.shape
+    f = factor
+    return x[:, :, None, :, None, :, None].expand(b, nx, f, ny, f, nz, f).reshape(b, nx * f, ny * f, nz * f)

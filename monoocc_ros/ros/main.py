@@ -1,5 +1,5 @@
 """`occupancy_node`'s entry point: --help and the checks that need no ROS first (the parameter
-table, params files), then rclpy, the node (ros/node.py) and a multi-threaded executor."""
+table, params files), then rclpy, the node (ros/node.py), spun by a single-threaded executor."""
 
 from __future__ import annotations
 
@@ -38,11 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"occupancy_node: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    from rclpy.executors import MultiThreadedExecutor
-
     try:
-        # Three threads: parameter changes (which may load a model), inputs, diagnostics.
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

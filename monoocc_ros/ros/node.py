@@ -22,7 +22,6 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -86,18 +85,21 @@ class OccupancyNode(Node):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL if values["latch"] else DurabilityPolicy.VOLATILE,
         )
-        # Own callback groups (main() spins a multi-threaded executor): inputs and diagnostics
-        # keep running while a parameter change loads a model in the parameter callback.
-        inputs, timers = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos, callback_group=inputs)
-        self.create_subscription(CameraInfo, "~/input/camera_info", self._on_info, sensor_qos, callback_group=inputs)
+        self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos)
+        self.create_subscription(CameraInfo, "~/input/camera_info", self._on_info, sensor_qos)
         self.pub_voxels = self.create_publisher(VoxelGrid, "~/output/voxels", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)
         self.pub_points = self.create_publisher(PointCloud2, "~/output/points", out_qos)
         self.pub_proc = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
+        # Diagnostics from their own thread, not an executor timer: they keep coming while a
+        # parameter change loads a model (in the parameter callback, on the executor). A
+        # multi-threaded executor would free the executor too, but its overhead halved the node's
+        # rate here (1.73 vs 3.77 frames/s on 2 cores).
+        self._diag_stop = threading.Event()
+        self._diag = threading.Thread(target=self._diagnostics_loop, name="monoocc_diagnostics", daemon=True)
+        self._diag.start()
         self._worker = threading.Thread(target=self._work, name="monoocc_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -146,9 +148,10 @@ class OccupancyNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         if (new.checkpoint, new.backend) != (self.params.checkpoint, self.params.backend):
-            # Transactional: the new model is loaded while the old one keeps serving (this
-            # callback's thread; inputs, the worker and diagnostics run on others). Only a
-            # model that loaded replaces it; otherwise the change is refused with the reason.
+            # Transactional: the new model is loaded while the old one keeps serving (the worker
+            # finishes its frame with it; diagnostics keep publishing from their thread; new
+            # inputs wait in their queues). Only a model that loaded replaces it; otherwise the
+            # change is refused with the reason.
             try:
                 predictor = self._new_predictor(new.checkpoint, new.backend)
             except Exception as exc:
@@ -253,6 +256,15 @@ class OccupancyNode(Node):
         ]  # fmt: skip
         return st
 
+    def _diagnostics_loop(self) -> None:
+        while not self._diag_stop.wait(1.0):
+            try:
+                self._publish_diagnostics()
+            except Exception:  # the context is shutting down: nothing left to report to
+                if not self.context.ok():
+                    return
+                raise
+
     def _publish_diagnostics(self) -> None:
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -260,7 +272,9 @@ class OccupancyNode(Node):
         self.pub_diag.publish(msg)
 
     def shutdown(self) -> None:
+        self._diag_stop.set()
         with self._lock:
             self._stop = True
             self._lock.notify()
         self._worker.join(timeout=5.0)
+        self._diag.join(timeout=5.0)
