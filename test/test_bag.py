@@ -63,7 +63,7 @@ def test_bag_is_readable_by_an_independent_mcap_reader(synth_bag):
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         for _schema, channel, message, decoded in reader.iter_decoded_messages():
             seen.setdefault(channel.topic, []).append((message.log_time, decoded))
-    assert {t: len(v) for t, v in seen.items()} == {IMAGE_TOPIC: 3, INFO_TOPIC: 3, GT_TOPIC: 3}
+    assert {t: len(v) for t, v in seen.items()} == {IMAGE_TOPIC: 3, INFO_TOPIC: 3, GT_TOPIC: 3, "/tf_static": 1}
     img = seen[IMAGE_TOPIC][0][1]
     assert (img.width, img.height, img.encoding) == (1241, 376, "rgb8") and len(img.data) == 1241 * 376 * 3
     info = seen[INFO_TOPIC][0][1]
