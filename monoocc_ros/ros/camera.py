@@ -69,6 +69,8 @@ def camera_image(msg_info, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but its camera info says {what}")
     p = camera_info_to_intrinsics(msg_info)
     d = np.asarray(msg_info.d, dtype=np.float64)
+    if not np.isfinite(d).all():
+        raise InputError("camera info contains NaN or infinity in D (distortion coefficients)")
     if d.size and np.any(d != 0):
         if (bx, by) != (1, 1) or not roi_full:
             raise InputError("distorted images with binning or a ROI are not supported; publish the rectified image")
