@@ -219,128 +219,161 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "synth":
-        import time
+    """Run the parsed subcommand: a table of runners, one per command (`bench` per WHAT)."""
+    if args.command == "bench":
+        return BENCH[args.what or "backends"](args)
+    return COMMANDS[args.command](args)
 
-        from monoocc_ros.data import synth as S
 
-        t0 = time.perf_counter()
-        if args.preset == "benchmark":
-            root = S.synthesize_benchmark(args.out)
-            n = len(S.BENCHMARK_TRAIN) * S.BENCHMARK_TRAIN_FRAMES + len(S.BENCHMARK_VAL) * S.BENCHMARK_VAL_FRAMES
-        else:
-            root = S.synthesize(args.out, args.sequences, args.frames, args.seed, args.first_sequence)
-            n = args.sequences * args.frames
-        dt = time.perf_counter() - t0
-        print(f"wrote {n} frames to {root} in {dt:.1f} s ({n / dt:.2f} frames/s)")
-        return 0
-    if args.command == "train":
-        import yaml
+def _synth(args: argparse.Namespace) -> int:
+    import time
 
-        from monoocc_ros.trainer.config import TrainConfig
-        from monoocc_ros.trainer.engine import train
+    from monoocc_ros.data import synth as S
 
-        overrides = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-            overrides[key] = yaml.safe_load(value)
-        result = train(TrainConfig.from_yaml(args.config, overrides), resume=args.resume, device=args.device)
-        return 0 if result["step"] > 0 else 1
-    if args.command == "stats":
-        from monoocc_ros.data.statistics import main as stats_main
+    t0 = time.perf_counter()
+    if args.preset == "benchmark":
+        root = S.synthesize_benchmark(args.out)
+        n = len(S.BENCHMARK_TRAIN) * S.BENCHMARK_TRAIN_FRAMES + len(S.BENCHMARK_VAL) * S.BENCHMARK_VAL_FRAMES
+    else:
+        root = S.synthesize(args.out, args.sequences, args.frames, args.seed, args.first_sequence)
+        n = args.sequences * args.frames
+    dt = time.perf_counter() - t0
+    print(f"wrote {n} frames to {root} in {dt:.1f} s ({n / dt:.2f} frames/s)")
+    return 0
 
-        try:
-            return stats_main(args)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"monoocc stats: {exc}", file=sys.stderr)
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from monoocc_ros.trainer.config import TrainConfig
+    from monoocc_ros.trainer.engine import train
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"monoocc train: --set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    result = train(TrainConfig.from_yaml(args.config, overrides), resume=args.resume, device=args.device)
+    return 0 if result["step"] > 0 else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from monoocc_ros.data.statistics import main as stats_main
+
+    return stats_main(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from monoocc_ros.trainer.evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monoocc_ros.checkpoint import export_weights
+
+    if not args.out and not args.onnx:
+        raise SystemExit("monoocc export: give --out (checkpoint) and/or --onnx (ONNX model)")
+    if args.out:
+        data = export_weights(args.checkpoint, args.out)
+        size = Path(args.out).stat().st_size / 2**20
+        metrics = {k: round(v, 2) for k, v in data.get("metrics", {}).items() if isinstance(v, float)}
+        name, step = data["model_config"].name, data.get("step")
+        print(f"wrote {args.out} ({size:.1f} MiB): {name}, step {step}, metrics {metrics}")
+    if args.onnx:
+        from monoocc_ros.onnx_export import export_onnx
+
+        size_hw = tuple(args.image_size) if args.image_size else None
+        print(export_onnx(args.checkpoint, args.onnx, size_hw).describe())
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from monoocc_ros.predict import main as predict_main
+
+    return predict_main(args)
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    from monoocc_ros.trainer.ablation import run as run_ablation
+
+    print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
+                       steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from monoocc_ros.demo import run_demo
+
+    return run_demo(args.out, args.checkpoint, args.frames)
+
+
+def _bag(args: argparse.Namespace) -> int:
+    from monoocc_ros.bag.cli import run
+
+    return run(args)
+
+
+def _bench_backends(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import backends
+
+    return backends.run(args.checkpoint, args.frames, args.e2e_frames, args.json)
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import train as train_bench
+
+    return train_bench.run(args.data, args.sequence, args.steps, args.warmup, args.json)
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import soak
+
+    return soak.main(args.checkpoint, args.frames, args.rate, args.backend, args.json)
+
+
+def _bench_msg(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import msg
+
+    return msg.main(args.json)
+
+
+def _bench_node(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import node
+
+    return node.main(args.checkpoint, args.frames, args.frames)
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import memory
+
+    runs = None
+    if args.runs:
+        runs = [tuple(r.split(":", 1)) if ":" in r else (r, "train") for r in args.runs]
+        bad = [f"{c}:{m}" for c, m in runs if m not in ("train", "infer")]
+        if bad:
+            print(f"monoocc bench memory: modes must be train or infer, got {bad}", file=sys.stderr)
             return 2
-    if args.command == "eval":
-        from monoocc_ros.trainer.evaluate import main as eval_main
+    return memory.main(runs, args.device, args.checkpointing, args.attention_chunk, args.limit_gib, args.json)
 
-        return eval_main(args)
-    if args.command == "export":
-        from pathlib import Path
 
-        from monoocc_ros.checkpoint import CheckpointError, export_weights
+def _bench_model(args: argparse.Namespace) -> int:
+    from monoocc_ros.benchmarks import model
 
-        if not args.out and not args.onnx:
-            raise SystemExit("monoocc export: give --out (checkpoint) and/or --onnx (ONNX model)")
-        try:
-            if args.out:
-                data = export_weights(args.checkpoint, args.out)
-                size = Path(args.out).stat().st_size / 2**20
-                metrics = {k: round(v, 2) for k, v in data.get("metrics", {}).items() if isinstance(v, float)}
-                print(
-                    f"wrote {args.out} ({size:.1f} MiB): {data['model_config'].name}, step {data.get('step')}, "
-                    f"metrics {metrics}"
-                )
-            if args.onnx:
-                from monoocc_ros.onnx_export import ExportError, export_onnx
+    return model.main(args.configs, args.device, args.repeats, args.half, args.json)
 
-                try:
-                    print(export_onnx(args.checkpoint, args.onnx, tuple(args.image_size) if args.image_size else None)
-                          .describe())  # fmt: skip
-                except ExportError as exc:
-                    raise SystemExit(f"monoocc export: {exc}") from exc
-        except (CheckpointError, FileNotFoundError) as exc:
-            raise SystemExit(f"monoocc export: {exc}") from exc
-        return 0
-    if args.command == "predict":
-        from monoocc_ros.predict import main as predict_main
 
-        return predict_main(args)
-    if args.command == "ablation":
-        from monoocc_ros.trainer.ablation import run as run_ablation
-
-        print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
-                           steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
-        return 0
-    if args.command == "demo":
-        from monoocc_ros.demo import run_demo
-
-        return run_demo(args.out, args.checkpoint, args.frames)
-    if args.command in ("bag", "replay-eval"):
-        from monoocc_ros.bag.cli import run
-
-        return run(args)
-    if args.command == "bench" and args.what in (None, "backends"):
-        from monoocc_ros.benchmarks import backends
-
-        return backends.run(args.checkpoint, args.frames, args.e2e_frames, args.json)
-    if args.command == "bench" and args.what == "train":
-        from monoocc_ros.benchmarks import train as train_bench
-
-        return train_bench.run(args.data, args.sequence, args.steps, args.warmup, args.json)
-    if args.command == "bench" and args.what == "soak":
-        from monoocc_ros.benchmarks import soak
-
-        return soak.main(args.checkpoint, args.frames, args.rate, args.backend, args.json)
-    if args.command == "bench" and args.what == "msg":
-        from monoocc_ros.benchmarks import msg
-
-        return msg.main(args.json)
-    if args.command == "bench" and args.what == "node":
-        from monoocc_ros.benchmarks import node
-
-        return node.main(args.checkpoint, args.frames, args.frames)
-    if args.command == "bench" and args.what == "memory":
-        from monoocc_ros.benchmarks import memory
-
-        runs = None
-        if args.runs:
-            runs = [tuple(r.split(":", 1)) if ":" in r else (r, "train") for r in args.runs]
-            bad = [f"{c}:{m}" for c, m in runs if m not in ("train", "infer")]
-            if bad:
-                print(f"monoocc bench memory: modes must be train or infer, got {bad}", file=sys.stderr)
-                return 2
-        return memory.main(runs, args.device, args.checkpointing, args.attention_chunk, args.limit_gib, args.json)
-    if args.command == "bench" and args.what == "model":
-        from monoocc_ros.benchmarks import model
-
-        return model.main(args.configs, args.device, args.repeats, args.half, args.json)
-    raise AssertionError(f"unhandled command {args.command}")
+COMMANDS = {
+    "synth": _synth, "train": _train, "stats": _stats, "eval": _eval, "export": _export, "predict": _predict,
+    "ablation": _ablation, "demo": _demo, "bag": _bag, "replay-eval": _bag,
+}  # fmt: skip
+BENCH = {
+    "backends": _bench_backends, "train": _bench_train, "soak": _bench_soak, "msg": _bench_msg,
+    "node": _bench_node, "memory": _bench_memory, "model": _bench_model,
+}  # fmt: skip
 
 
 if __name__ == "__main__":

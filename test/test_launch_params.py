@@ -86,7 +86,7 @@ def test_validation_messages():
     errs = validate_params({"device": "tpu", "grid_to_camera": [1.0] * 3, "sync_slop": -1, "confidence_threshold": 2})
     text = "; ".join(errs)
     assert "device must be" in text and "16 finite numbers" in text and "sync_slop must be >= 0" in text
-    assert "confidence_threshold must be <= 1" in text
+    assert "confidence_threshold must be in [0, 1], got 2" in text
     assert validate_params({"outside_view": "guess"}) == ["outside_view must be one of unknown, predict, got 'guess'"]
     errs = validate_params({"backend": "tensorrt"}) + validate_params(
         {"backend": "onnxruntime", "half_precision": True}

@@ -73,6 +73,10 @@ PARAM_BY_NAME = {p.name: p for p in PARAMS}
 
 def validate_params(values: dict[str, Any]) -> list[str]:
     """Problems with a set of parameter values (empty list: all good)."""
+    return _model_errors(values) + _extrinsic_errors(values) + _range_errors(values)
+
+
+def _model_errors(values: dict[str, Any]) -> list[str]:
     errors = []
     if "backend" in values and values["backend"] not in ("torch", "onnxruntime"):
         errors.append(f"backend must be torch or onnxruntime, got {values['backend']!r}")
@@ -80,35 +84,44 @@ def validate_params(values: dict[str, Any]) -> list[str]:
         errors.append("half_precision applies to the torch backend only (the ONNX model runs float32)")
     if values.get("backend") == "torch" and str(values.get("checkpoint", "")).endswith(".onnx"):
         errors.append("a .onnx checkpoint needs backend onnxruntime")
-    if (
-        "device" in values
-        and values["device"] not in ("auto", "cpu", "cuda")
-        and not str(values["device"]).startswith("cuda:")
-    ):
-        errors.append(f"device must be auto, cpu, cuda or cuda:N, got {values['device']!r}")
-    if "grid_to_camera" in values:
-        m = values["grid_to_camera"]
-        if len(m) != 16 or not np.isfinite(np.asarray(m, dtype=float)).all():
-            errors.append(f"grid_to_camera must be 16 finite numbers (row-major 4x4), got {len(m)} values")
-        else:
-            t = np.asarray(m, dtype=float).reshape(4, 4)
-            if not np.allclose(t[3], [0, 0, 0, 1]) or not np.allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-3):
-                errors.append("grid_to_camera must be a rigid transform (orthonormal rotation, last row 0 0 0 1)")
-    for key in ("max_drop_rate", "max_failure_rate"):
-        if key in values and not 0 <= values[key] <= 1:
-            errors.append(f"{key} must be in [0, 1], got {values[key]}")
-    for key in ("sync_slop", "processing_budget_ms", "input_timeout_s", "confidence_threshold"):
-        if key in values and not values[key] >= 0:
-            errors.append(f"{key} must be >= 0, got {values[key]}")
-    if "confidence_threshold" in values and values["confidence_threshold"] > 1:
-        errors.append(f"confidence_threshold must be <= 1, got {values['confidence_threshold']}")
-    for key in ("queue_depth",):
-        if key in values and values[key] < 1:
-            errors.append(f"{key} must be >= 1, got {values[key]}")
+    device = values.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        errors.append(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return errors
+
+
+def _extrinsic_errors(values: dict[str, Any]) -> list[str]:
+    if "grid_to_camera" not in values:
+        return []
+    m = values["grid_to_camera"]
+    if len(m) != 16 or not np.isfinite(np.asarray(m, dtype=float)).all():
+        return [f"grid_to_camera must be 16 finite numbers (row-major 4x4), got {len(m)} values"]
+    t = np.asarray(m, dtype=float).reshape(4, 4)
+    if not np.allclose(t[3], [0, 0, 0, 1]) or not np.allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-3):
+        return ["grid_to_camera must be a rigid transform (orthonormal rotation, last row 0 0 0 1)"]
+    return []
+
+
+# (key, lowest, highest) of the numeric parameters; None: unbounded on that side.
+_RANGES = (
+    ("max_drop_rate", 0, 1), ("max_failure_rate", 0, 1), ("sync_slop", 0, None),
+    ("processing_budget_ms", 0, None), ("input_timeout_s", 0, None), ("confidence_threshold", 0, 1),
+    ("queue_depth", 1, None), ("max_marker_cubes", 0, None),
+)  # fmt: skip
+
+
+def _range_errors(values: dict[str, Any]) -> list[str]:
+    errors = []
+    for key, low, high in _RANGES:
+        if key not in values:
+            continue
+        v = values[key]
+        if high is None and not v >= low:
+            errors.append(f"{key} must be >= {low}, got {v}")
+        elif high is not None and not low <= v <= high:
+            errors.append(f"{key} must be in [{low}, {high}], got {v}")
     if "outside_view" in values and values["outside_view"] not in OUTSIDE_VIEW:
         errors.append(f"outside_view must be one of {', '.join(OUTSIDE_VIEW)}, got {values['outside_view']!r}")
-    if "max_marker_cubes" in values and values["max_marker_cubes"] < 0:
-        errors.append(f"max_marker_cubes must be >= 0, got {values['max_marker_cubes']}")
     return errors
 
 
