@@ -102,24 +102,49 @@ def replay_eval(
     progress: bool = True,
     node_params: list[str] | None = None,
 ) -> ReplayScores:
-    import rclpy
-
-    from monoocc_ros.msg import VoxelGrid
-
+    """Start the node, play the bag's frames through it, record and score its grids, stop it."""
     bag = Path(bag)
-    if checkpoint and not str(checkpoint).endswith(".onnx"):
-        from monoocc_ros.checkpoint import load_checkpoint
-
-        load_checkpoint(checkpoint)  # an unreadable model fails here, with its name, before any replay
-    elif checkpoint and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"ONNX model {checkpoint} does not exist")
+    _check_model(checkpoint)
     topics = bag_topics(bag)
     for t in (IMAGE_TOPIC, INFO_TOPIC):
         if t not in topics:
             raise ValueError(f"{bag} has no {t}; make one with `monoocc bag from-dataset`")
     gt = load_ground_truth(bag) if GT_TOPIC in topics else {}
+    frames, first_info = _read_frames(bag)
+    extrinsic = bag_extrinsic(bag, topics, progress)
+    # The full grid is scored as offline eval scores it (outside_view predict), and the camera's
+    # view beside it; the node runs with this data's extrinsic.
+    params = ["outside_view:=predict", f"grid_to_camera:={[float(v) for v in extrinsic.reshape(-1)]}"]
+    replay = _Replay(bag, gt, _view_of(typestore(), first_info, extrinsic), out)
+    try:
+        proc = start_node_process(checkpoint, [*params, *(node_params or [])])
+    except BaseException:
+        replay.close()
+        raise
+    try:
+        replay.run(proc, frames, rate, timeout, progress)
+    finally:
+        replay.close()
+        log = stop_process(proc)
+    if proc.returncode not in (0, -signal.SIGINT):
+        raise RuntimeError(f"the node exited with {proc.returncode}:\n{log[-3000:]}")
+    return replay.scores(frames)
+
+
+def _check_model(checkpoint: str | None) -> None:
+    """An unreadable model fails here, with its name, before any replay."""
+    if checkpoint and not str(checkpoint).endswith(".onnx"):
+        from monoocc_ros.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)
+    elif checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"ONNX model {checkpoint} does not exist")
+
+
+def _read_frames(bag: Path) -> tuple[list[tuple[int, bytes, bytes]], bytes | None]:
+    """(stamp, camera info raw, image raw) per image in bag order, and the first camera info."""
     store = typestore()
-    frames: list[tuple[int, bytes, bytes]] = []  # (stamp, info raw, image raw) in bag order
+    frames: list[tuple[int, bytes, bytes]] = []
     infos: dict[int, bytes] = {}
     for topic, msgtype, _, raw in read_bag(bag, [INFO_TOPIC, IMAGE_TOPIC]):
         stamp = header_stamp(store.deserialize_cdr(raw, msgtype))
@@ -127,84 +152,100 @@ def replay_eval(
             infos[stamp] = raw
         else:
             frames.append((stamp, infos.get(stamp, b""), raw))
-    extrinsic = bag_extrinsic(bag, topics, progress)
-    view = _view_of(store, next(iter(infos.values()), None), extrinsic)
-    # The full grid is scored as offline eval scores it (outside_view predict), and the camera's
-    # view beside it; the node runs with this data's extrinsic.
-    params = ["outside_view:=predict", f"grid_to_camera:={[float(v) for v in extrinsic.reshape(-1)]}"]
-    proc = start_node_process(checkpoint, [*params, *(node_params or [])])
-    rclpy.init()
-    node = rclpy.create_node("monoocc_replay")
-    received: dict[int, tuple[int, object]] = {}
-    sent: dict[int, int] = {}
-    metrics = RegionMetrics()
-    writer = open_writer(out) if out else None
-    try:
-        if writer is not None:
-            writer.open()
-            c_img = writer.add_connection(
-                IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store, offered_qos_profiles=[RELIABLE_QOS]
+    return frames, next(iter(infos.values()), None)
+
+
+class _Replay:
+    """This process's side of a replay: publishes the frames, receives, records and scores grids."""
+
+    def __init__(self, bag: Path, gt: dict, view, out: str | Path | None) -> None:
+        import rclpy
+
+        from monoocc_ros.msg import VoxelGrid
+
+        self.bag, self.gt, self.view, self.store = bag, gt, view, typestore()
+        self.received: dict[int, int] = {}  # stamp -> arrival (ns)
+        self.sent: dict[int, int] = {}
+        self.metrics = RegionMetrics()
+        self.writer = open_writer(out) if out else None
+        if self.writer is not None:
+            self.writer.open()
+            self.c_img = self.writer.add_connection(
+                IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=self.store, offered_qos_profiles=[RELIABLE_QOS]
             )
-            c_pred = writer.add_connection(
-                PRED_TOPIC, VOXELGRID_TYPE, typestore=store, offered_qos_profiles=[RELIABLE_QOS]
+            self.c_pred = self.writer.add_connection(
+                PRED_TOPIC, VOXELGRID_TYPE, typestore=self.store, offered_qos_profiles=[RELIABLE_QOS]
             )
+        rclpy.init()
+        self.node = rclpy.create_node("monoocc_replay")
+        self.node.create_subscription(VoxelGrid, PRED_TOPIC, self._on_grid, 10, raw=True)
+        self.player = Player(self.node, bag, [IMAGE_TOPIC, INFO_TOPIC], clock=True)
+        self.proc: subprocess.Popen | None = None
 
-        def on_grid(raw: bytes) -> None:
-            now = time.time_ns()
-            msg = store.deserialize_cdr(raw, VOXELGRID_TYPE)
-            stamp = header_stamp(msg)
-            if stamp in received:
-                return
-            received[stamp] = (now, None)
-            if writer is not None:
-                writer.write(c_pred, now, raw)
-            if stamp in gt:
-                metrics.update(msg_to_grid(msg).labels, gt[stamp], None, view)
+    def _on_grid(self, raw: bytes) -> None:
+        now = time.time_ns()
+        msg = self.store.deserialize_cdr(raw, VOXELGRID_TYPE)
+        stamp = header_stamp(msg)
+        if stamp in self.received:
+            return
+        self.received[stamp] = now
+        if self.writer is not None:
+            self.writer.write(self.c_pred, now, raw)
+        if stamp in self.gt:
+            self.metrics.update(msg_to_grid(msg).labels, self.gt[stamp], None, self.view)
 
-        node.create_subscription(VoxelGrid, PRED_TOPIC, on_grid, 10, raw=True)
-        player = Player(node, bag, [IMAGE_TOPIC, INFO_TOPIC], clock=True)
+    def _spin(self, t: float) -> None:
+        import rclpy
 
-        def spin(t: float) -> None:
-            rclpy.spin_once(node, timeout_sec=t)
-            if proc.poll() is not None:
-                raise RuntimeError("the node exited:\n" + (proc.stdout.read() if proc.stdout else ""))
+        rclpy.spin_once(self.node, timeout_sec=t)
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError("the node exited:\n" + (self.proc.stdout.read() if self.proc.stdout else ""))
 
+    def _wait_for_node(self) -> None:
         deadline = time.monotonic() + 120
-        while (player.pubs[IMAGE_TOPIC].get_subscription_count() == 0
-               or player.pubs[INFO_TOPIC].get_subscription_count() == 0
-               or node.count_publishers(PRED_TOPIC) == 0):  # fmt: skip
+        pubs = self.player.pubs
+        while (pubs[IMAGE_TOPIC].get_subscription_count() == 0 or pubs[INFO_TOPIC].get_subscription_count() == 0
+               or self.node.count_publishers(PRED_TOPIC) == 0):  # fmt: skip
             if time.monotonic() > deadline:
                 raise RuntimeError("the node did not come up within 120 s")
-            spin(0.1)
-        spin(0.5)
+            self._spin(0.1)
+        self._spin(0.5)
+
+    def run(self, proc: subprocess.Popen, frames: list, rate: float | None, timeout: float, progress: bool) -> None:
+        """Play every frame: at the recorded timing scaled by `rate`, or (no rate) each frame
+        after the previous one's grid arrived (or `timeout`)."""
+        self.proc = proc
+        self._wait_for_node()
         t0 = time.monotonic()
         bag_t0 = frames[0][0] if frames else 0
         for stamp, info_raw, img_raw in tqdm(frames, desc="replay", unit="frame", disable=not progress):
             if rate:
                 due = t0 + (stamp - bag_t0) / 1e9 / rate
                 while (w := due - time.monotonic()) > 0:
-                    spin(min(w, 0.02))
+                    self._spin(min(w, 0.02))
             if info_raw:
-                player.publish(INFO_TOPIC, stamp, info_raw)
-            player.publish(IMAGE_TOPIC, stamp, img_raw)
-            sent[stamp] = time.time_ns()
-            if writer is not None:
-                writer.write(c_img, sent[stamp], img_raw)
+                self.player.publish(INFO_TOPIC, stamp, info_raw)
+            self.player.publish(IMAGE_TOPIC, stamp, img_raw)
+            self.sent[stamp] = time.time_ns()
+            if self.writer is not None:
+                self.writer.write(self.c_img, self.sent[stamp], img_raw)
             if not rate:
                 end = time.monotonic() + timeout
-                while stamp not in received and time.monotonic() < end:
-                    spin(0.01)
+                while stamp not in self.received and time.monotonic() < end:
+                    self._spin(0.01)
         end = time.monotonic() + (timeout if rate else 2.0)
-        while len(received) < len(frames) and time.monotonic() < end:
-            spin(0.05)
-    finally:
-        node.destroy_node()
+        while len(self.received) < len(frames) and time.monotonic() < end:
+            self._spin(0.05)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.node.destroy_node()
         rclpy.try_shutdown()
-        log = stop_process(proc)
-        if writer is not None:
-            writer.close()
-    if proc.returncode not in (0, -signal.SIGINT):
-        raise RuntimeError(f"the node exited with {proc.returncode}:\n{log[-3000:]}")
-    lost = sorted(s for s, _, _ in frames if s not in received)
-    latency = [(received[s][0] - sent[s]) / 1e6 for s in sent if s in received]
-    return ReplayScores(metrics.scores(), sum(1 for s in received if s in gt), lost, latency)
+        if self.writer is not None:
+            self.writer.close()
+
+    def scores(self, frames: list) -> ReplayScores:
+        lost = sorted(s for s, _, _ in frames if s not in self.received)
+        latency = [(self.received[s] - self.sent[s]) / 1e6 for s in self.sent if s in self.received]
+        return ReplayScores(self.metrics.scores(), sum(1 for s in self.received if s in self.gt), lost, latency)
