@@ -204,14 +204,29 @@ def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | No
 def _run(
     onnx_path: Path, ckpt: Path, label: str, data: list, frames: int, e2e_frames: int, json_out: str | None
 ) -> int:
-    import torch
-
-    from monoocc_ros.benchmarks.node import _end_to_end
-    from monoocc_ros.inference import Predictor
+    """The report: load, time, profile, check parity, measure the node; print; write JSON."""
     from monoocc_ros.onnx_export import export_onnx
 
     report = export_onnx(ckpt, onnx_path)
     print(f"exported to ONNX in {report.seconds:.1f} s", flush=True)
+    bench = _Backends(_loaders(ckpt, onnx_path))
+    bench.load(data)
+    bench.measure()
+    stages = bench.stage_times(onnx_path, max(3, min(10, frames // 2)))
+    print("measuring the node's end-to-end rate per backend...", flush=True)
+    e2e = _node_rates(ckpt, onnx_path, data[0][0], e2e_frames)
+    summary = bench.print_report(label, report.image_size, stages, e2e, e2e_frames)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"checkpoint": label, "cpu_cores": os.cpu_count(),
+                                              "input_hw": list(report.image_size), **summary}, indent=2))  # fmt: skip
+    return 0
+
+
+def _loaders(ckpt: Path, onnx_path: Path) -> dict:
+    """Backend name -> a function loading it: the CPU pair always, CUDA ones where present."""
+    import torch
+
+    from monoocc_ros.inference import Predictor
 
     loaders = {
         "torch cpu": lambda: Predictor.load(ckpt, "torch", "cpu"),
@@ -224,25 +239,48 @@ def _run(
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             loaders["onnxruntime cuda"] = lambda: Predictor.from_onnx(onnx_path, "cuda")
-    names = list(loaders)
-    backends: dict = {}
-    prepared: list = []
+    return loaders
 
-    def timed(name: str, prep) -> tuple[float, object]:
-        pred = backends[name]
+
+def _node_rates(ckpt: Path, onnx_path: Path, rgb, e2e_frames: int) -> dict[str, float]:
+    from monoocc_ros.benchmarks.node import _end_to_end
+
+    return {
+        backend: _end_to_end(Path(model), rgb, e2e_frames, ["-p", f"backend:={backend}"])
+        for backend, model in (("torch", ckpt), ("onnxruntime", onnx_path))
+    }
+
+
+class _Backends:
+    """The backends side by side on the same prepared frames."""
+
+    def __init__(self, loaders: dict) -> None:
+        self.loaders, self.names = loaders, list(loaders)
+        self.backends: dict = {}
+        self.prepared: list = []
+        self.resident: dict[str, float] = {}
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.mems: dict[str, list[float]] = defaultdict(list)
+        self.parity: list[tuple[float, float, float]] = []
+
+    def timed(self, name: str, prep) -> tuple[float, object]:
+        import torch
+
         cuda = "cuda" in name
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = pred.infer(prep)
+        out = self.backends[name].infer(prep)
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1e3, out
 
-    def peak_memory(name: str, prep) -> float:
+    def peak_memory(self, name: str, prep) -> float:
         """Peak extra memory of one forward pass (MiB), in its own run: the RSS sampler is a
         thread waking every millisecond, and timing under it would time the sampler too."""
-        pred = backends[name]
+        import torch
+
+        pred = self.backends[name]
         if "cuda" in name and name.startswith("torch"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -253,106 +291,81 @@ def _run(
             pred.infer(prep)
         return rss.extra_mib
 
-    # Load and warm up one backend at a time (first-call allocations, ORT's arena, cuDNN
-    # autotuning), so that the resident memory each one adds can be told apart.
-    resident = {}
-    for name in names:
-        gc.collect()  # the export's model is garbage by now; torch's figure can still be ~0 or below
-        before = resident_bytes()
-        backends[name] = loaders[name]()
-        if not prepared:
-            prepared = [backends[name].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
-        for prep in prepared[:2]:
-            timed(name, prep)
-        resident[name] = (resident_bytes() - before) / 2**20
-    times: dict[str, list[float]] = defaultdict(list)
-    mems: dict[str, list[float]] = defaultdict(list)
-    parity = []
-    from tqdm import tqdm
+    def load(self, data: list) -> None:
+        """Load and warm up one backend at a time (first-call allocations, ORT's arena, cuDNN
+        autotuning), so that the resident memory each one adds can be told apart."""
+        for name in self.names:
+            gc.collect()  # the export's model is garbage by now; torch's figure can still be ~0 or below
+            before = resident_bytes()
+            self.backends[name] = self.loaders[name]()
+            if not self.prepared:
+                self.prepared = [self.backends[name].prepare(rgb, c["P2"], c["Tr"]) for rgb, c in data]
+            for prep in self.prepared[:2]:
+                self.timed(name, prep)
+            self.resident[name] = (resident_bytes() - before) / 2**20
 
-    for i, prep in enumerate(tqdm(prepared, desc="frames", unit="frame")):
-        order = names if i % 2 == 0 else names[::-1]
-        outs = {}
-        for name in order:
-            dt, out = timed(name, prep)
-            times[name].append(dt)
-            outs[name] = (out[0].cpu(), out[1].float().cpu())
-        parity.append(_parity(outs["torch cpu"], outs["onnxruntime cpu"]))
-    for prep in prepared[:MEMORY_FRAMES]:
+    def measure(self) -> None:
+        from tqdm import tqdm
+
+        for i, prep in enumerate(tqdm(self.prepared, desc="frames", unit="frame")):
+            outs = {}
+            for name in self.names if i % 2 == 0 else self.names[::-1]:
+                dt, out = self.timed(name, prep)
+                self.times[name].append(dt)
+                outs[name] = (out[0].cpu(), out[1].float().cpu())
+            self.parity.append(_parity(outs["torch cpu"], outs["onnxruntime cpu"]))
+        for prep in self.prepared[:MEMORY_FRAMES]:
+            for name in self.names:
+                self.mems[name].append(self.peak_memory(name, prep))
+
+    def stage_times(self, onnx_path: Path, runs: int) -> dict:
+        return {
+            name: _torch_stage_times(pred, self.prepared[0], runs)
+            if pred.backend.name == "torch"
+            else _ort_stage_times(onnx_path, pred.backend.providers, self.prepared[0], runs)
+            for name, pred in self.backends.items()
+        }
+
+    def print_report(self, label: str, image_size, stages: dict, e2e: dict, e2e_frames: int) -> dict:
+        """Print the markdown report; returns the figures for the JSON file."""
+        names, times = self.names, self.times
+        base = statistics.median(times["torch cpu"])
+        rows = []
         for name in names:
-            mems[name].append(peak_memory(name, prep))
-
-    stage_runs = max(3, min(10, frames // 2))
-    stages = {}
-    for name, pred in backends.items():
-        if pred.backend.name == "torch":
-            stages[name] = _torch_stage_times(pred, prepared[0], stage_runs)
-        else:
-            stages[name] = _ort_stage_times(onnx_path, pred.backend.providers, prepared[0], stage_runs)
-
-    print("measuring the node's end-to-end rate per backend...", flush=True)
-    rgb = data[0][0]
-    e2e = {}
-    for backend in ("torch", "onnxruntime"):
-        extra = ["-p", f"backend:={backend}"]
-        model = ckpt if backend == "torch" else onnx_path
-        e2e[backend] = _end_to_end(Path(model), rgb, e2e_frames, extra)
-
-    base = statistics.median(times["torch cpu"])
-    rows = []
-    for name in names:
-        med = statistics.median(times[name])
-        rows.append([name, len(times[name]), med, float(np.percentile(times[name], 90)), 1000.0 / med,
-                     base / med, resident[name], max(mems[name])])  # fmt: skip
-    print(f"\n## Network latency, {label}, input {report.image_size[1]}x{report.image_size[0]}\n")
-    print(markdown_table(["backend", "frames", "median ms", "p90 ms", "frames/s", "speed-up vs torch cpu",
-                          "RSS added by load + warm-up MiB", "peak extra per frame MiB"], rows))  # fmt: skip
-    print("\n## Per stage (median ms per frame; torch: wall time by hooks, onnxruntime: kernel time)\n")
-    keys = [*STAGES[:6], "transformer", "head", "other"]
-    srows = [[STAGE_NAMES[k], *[stages[n].get(k, 0.0) for n in names]] for k in keys]
-    srows.append(["sum", *[sum(stages[n].values()) for n in names]])
-    print(markdown_table(["stage", *names], srows))
-    labels_equal = float(np.mean([p[0] for p in parity]))
-    confidence_close = float(np.mean([p[1] for p in parity]))
-    worst = float(max(p[2] for p in parity))
-    print(f"\n## Parity (onnxruntime cpu vs torch cpu, {len(parity)} frames)\n")
-    print(markdown_table(["labels equal", "confidence within 1e-3", "largest confidence difference",
-                          "frames with every confidence within 1e-3"],
-                         [[f"{100 * labels_equal:.3f} %", f"{100 * confidence_close:.3f} %", f"{worst:.2e}",
-                           f"{sum(p[2] <= 1e-3 for p in parity)}/{len(parity)}"]]))  # fmt: skip
-    print(f"\n## Node end to end over DDS ({e2e_frames} frames, CPU)\n")
-    print(markdown_table(["backend", "frames/s"], [[k, v] for k, v in e2e.items()]))
-    ratio = base / statistics.median(times["onnxruntime cpu"])
-    print(f"\nonnxruntime cpu is {ratio:.2f}x the speed of eager torch cpu (goal: 1.5x)")
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if json_out:
-        Path(json_out).write_text(
-            json.dumps(
-                {
-                    "checkpoint": label,
-                    "cpu_cores": os.cpu_count(),
-                    "input_hw": list(report.image_size),
-                    "latency": {
-                        n: {
-                            "median_ms": statistics.median(times[n]),
-                            "p90_ms": float(np.percentile(times[n], 90)),
-                            "peak_extra_MiB": max(mems[n]),
-                            "resident_MiB": resident[n],
-                            "samples_ms": times[n],
-                        }
-                        for n in names
-                    },
-                    "stages_ms": stages,
-                    "parity": {
-                        "labels_equal": labels_equal,
-                        "confidence_within_1e-3": confidence_close,
-                        "max_abs": worst,
-                    },
-                    "node_end_to_end_hz": e2e,
-                    "onnxruntime_speedup_cpu": ratio,
-                    "process_max_rss_MiB": peak_rss,
-                },
-                indent=2,
-            )
-        )
-    return 0
+            med = statistics.median(times[name])
+            rows.append([name, len(times[name]), med, float(np.percentile(times[name], 90)), 1000.0 / med,
+                         base / med, self.resident[name], max(self.mems[name])])  # fmt: skip
+        print(f"\n## Network latency, {label}, input {image_size[1]}x{image_size[0]}\n")
+        print(markdown_table(["backend", "frames", "median ms", "p90 ms", "frames/s", "speed-up vs torch cpu",
+                              "RSS added by load + warm-up MiB", "peak extra per frame MiB"], rows))  # fmt: skip
+        print("\n## Per stage (median ms per frame; torch: wall time by hooks, onnxruntime: kernel time)\n")
+        keys = [*STAGES[:6], "transformer", "head", "other"]
+        srows = [[STAGE_NAMES[k], *[stages[n].get(k, 0.0) for n in names]] for k in keys]
+        srows.append(["sum", *[sum(stages[n].values()) for n in names]])
+        print(markdown_table(["stage", *names], srows))
+        parity = self.parity
+        labels_equal = float(np.mean([p[0] for p in parity]))
+        confidence_close = float(np.mean([p[1] for p in parity]))
+        worst = float(max(p[2] for p in parity))
+        print(f"\n## Parity (onnxruntime cpu vs torch cpu, {len(parity)} frames)\n")
+        print(markdown_table(["labels equal", "confidence within 1e-3", "largest confidence difference",
+                              "frames with every confidence within 1e-3"],
+                             [[f"{100 * labels_equal:.3f} %", f"{100 * confidence_close:.3f} %", f"{worst:.2e}",
+                               f"{sum(p[2] <= 1e-3 for p in parity)}/{len(parity)}"]]))  # fmt: skip
+        print(f"\n## Node end to end over DDS ({e2e_frames} frames, CPU)\n")
+        print(markdown_table(["backend", "frames/s"], [[k, v] for k, v in e2e.items()]))
+        ratio = base / statistics.median(times["onnxruntime cpu"])
+        print(f"\nonnxruntime cpu is {ratio:.2f}x the speed of eager torch cpu (goal: 1.5x)")
+        latency = {
+            n: {"median_ms": statistics.median(times[n]), "p90_ms": float(np.percentile(times[n], 90)),
+                "peak_extra_MiB": max(self.mems[n]), "resident_MiB": self.resident[n], "samples_ms": times[n]}
+            for n in names
+        }  # fmt: skip
+        return {
+            "latency": latency,
+            "stages_ms": stages,
+            "parity": {"labels_equal": labels_equal, "confidence_within_1e-3": confidence_close, "max_abs": worst},
+            "node_end_to_end_hz": e2e,
+            "onnxruntime_speedup_cpu": ratio,
+            "process_max_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
