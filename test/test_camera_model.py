@@ -102,6 +102,8 @@ def test_binning_and_roi_follow_rep_104(frame):
         np.testing.assert_allclose(small[:2] / small[2], [(u - x0 - 0.5) / 2, (v - y0 - 0.5) / 2], atol=1e-9)
     with pytest.raises(InputError, match="camera info says ROI 800x300 binned 2x2 = 400x150"):
         camera_image(_info(w, h, binning=(2, 2), roi=(x0, y0, rw, rh)), crop)
+    same, _ = camera_image(_info(w, h, d=[0.1, 0, 0, 0, 0]), rgb, rectified=True)  # image_rect: not warped again
+    assert same is rgb
     with pytest.raises(InputError, match="NaN or infinity in D"):
         camera_image(_info(w, h, d=[float("nan"), 0, 0, 0, 0]), rgb)
     with pytest.raises(InputError, match="distortion model 'kannala' is not supported"):

@@ -124,8 +124,10 @@ def replay_eval(
     try:
         replay.run(proc, frames, rate, timeout, progress)
     finally:
-        replay.close()
-        log = stop_process(proc)
+        try:
+            replay.close()
+        finally:
+            log = stop_process(proc)  # always: no node process outlives the replay
     if proc.returncode not in (0, -signal.SIGINT):
         raise RuntimeError(f"the node exited with {proc.returncode}:\n{log[-3000:]}")
     return replay.scores(frames)
@@ -144,14 +146,16 @@ def _check_model(checkpoint: str | None) -> None:
 def _read_frames(bag: Path) -> tuple[list[tuple[int, bytes, bytes]], bytes | None]:
     """(stamp, camera info raw, image raw) per image in bag order, and the first camera info."""
     store = typestore()
-    frames: list[tuple[int, bytes, bytes]] = []
+    images: list[tuple[int, bytes]] = []
     infos: dict[int, bytes] = {}
     for topic, msgtype, _, raw in read_bag(bag, [INFO_TOPIC, IMAGE_TOPIC]):
         stamp = header_stamp(store.deserialize_cdr(raw, msgtype))
         if topic == INFO_TOPIC:
             infos[stamp] = raw
         else:
-            frames.append((stamp, infos.get(stamp, b""), raw))
+            images.append((stamp, raw))
+    # Paired after reading everything: drivers often record a frame's camera info after its image.
+    frames = [(stamp, infos.get(stamp, b""), raw) for stamp, raw in images]
     return frames, next(iter(infos.values()), None)
 
 
@@ -167,8 +171,18 @@ class _Replay:
         self.received: dict[int, int] = {}  # stamp -> arrival (ns)
         self.sent: dict[int, int] = {}
         self.metrics = RegionMetrics()
-        self.writer = open_writer(out) if out else None
-        if self.writer is not None:
+        self.proc: subprocess.Popen | None = None
+        self.writer = None
+        rclpy.init()
+        try:
+            self.node = rclpy.create_node("monoocc_replay")
+            self.node.create_subscription(VoxelGrid, PRED_TOPIC, self._on_grid, 10, raw=True)
+            self.player = Player(self.node, bag, [IMAGE_TOPIC, INFO_TOPIC], clock=True)
+        except BaseException:
+            rclpy.try_shutdown()
+            raise
+        if out:  # opened last: nothing above can leave a half-written bag behind
+            self.writer = open_writer(out)
             self.writer.open()
             self.c_img = self.writer.add_connection(
                 IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=self.store, offered_qos_profiles=[RELIABLE_QOS]
@@ -176,11 +190,6 @@ class _Replay:
             self.c_pred = self.writer.add_connection(
                 PRED_TOPIC, VOXELGRID_TYPE, typestore=self.store, offered_qos_profiles=[RELIABLE_QOS]
             )
-        rclpy.init()
-        self.node = rclpy.create_node("monoocc_replay")
-        self.node.create_subscription(VoxelGrid, PRED_TOPIC, self._on_grid, 10, raw=True)
-        self.player = Player(self.node, bag, [IMAGE_TOPIC, INFO_TOPIC], clock=True)
-        self.proc: subprocess.Popen | None = None
 
     def _on_grid(self, raw: bytes) -> None:
         now = time.time_ns()
@@ -240,10 +249,12 @@ class _Replay:
     def close(self) -> None:
         import rclpy
 
-        self.node.destroy_node()
-        rclpy.try_shutdown()
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            self.node.destroy_node()
+            rclpy.try_shutdown()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
 
     def scores(self, frames: list) -> ReplayScores:
         lost = sorted(s for s, _, _ in frames if s not in self.received)

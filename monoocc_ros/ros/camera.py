@@ -52,9 +52,11 @@ def image_to_rgb(msg) -> np.ndarray:
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
 
 
-def camera_image(msg_info, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def camera_image(msg_info, rgb: np.ndarray, rectified: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The node's camera model: (rectified RGB image, its 3x4 projection) from a decoded image and
-    its CameraInfo. Distortion removed, ROI and binning applied (module docstring)."""
+    its CameraInfo. Distortion removed (unless the image is `rectified` already: image_rect is
+    published beside the camera's original CameraInfo, whose D is not zero), ROI and binning
+    applied (module docstring)."""
     bx, by = max(int(msg_info.binning_x), 1), max(int(msg_info.binning_y), 1)
     roi = msg_info.roi
     roi_full = int(roi.width) == 0 or int(roi.height) == 0
@@ -71,7 +73,7 @@ def camera_image(msg_info, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.asarray(msg_info.d, dtype=np.float64)
     if not np.isfinite(d).all():
         raise InputError("camera info contains NaN or infinity in D (distortion coefficients)")
-    if d.size and np.any(d != 0):
+    if d.size and np.any(d != 0) and not rectified:
         if (bx, by) != (1, 1) or not roi_full:
             raise InputError("distorted images with binning or a ROI are not supported; publish the rectified image")
         rgb = rectify(rgb, msg_info)

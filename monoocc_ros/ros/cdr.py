@@ -54,6 +54,8 @@ class Writer:
     def primitive(self, kind: str, value: Any) -> None:
         fmt, size = _PRIMITIVES[kind]
         self.align(size)
+        if isinstance(value, bytes):  # rclpy holds `byte`/`char` fields as one-byte bytes
+            value = value[0]
         self.buf += struct.pack(fmt, value)
 
     def string(self, value: str) -> None:
@@ -123,7 +125,7 @@ def _numbers(value: Any, kind: str) -> np.ndarray:
 def _value(w: Writer, value: Any, kind: str) -> None:
     if kind in _PRIMITIVES:
         w.primitive(kind, value)
-    elif kind == "string" or kind.startswith("string<"):
+    elif (kind == "string" or kind.startswith("string<")) and not kind.endswith("]"):
         w.string(value)
     elif kind.startswith("sequence<"):
         inner = kind[len("sequence<") : -1].split(",")[0]
@@ -133,8 +135,8 @@ def _value(w: Writer, value: Any, kind: str) -> None:
             w.primitive("uint32", len(value))
             for item in value:
                 _value(w, item, inner)
-    elif "[" in kind:  # fixed array, e.g. double[9]
-        inner = kind[: kind.index("[")]
+    elif kind.endswith("]"):  # fixed array, e.g. double[9], string<8>[3]
+        inner = kind[: kind.rindex("[")]
         if inner in _PRIMITIVES:
             w.array(inner, _numbers(value, inner), count=False)
         else:

@@ -147,7 +147,9 @@ class OccupancyNode(Node):
             new = self.params.replace(**changes)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        if (new.checkpoint, new.backend) != (self.params.checkpoint, self.params.backend):
+        model_changed = (new.checkpoint, new.backend) != (self.params.checkpoint, self.params.backend)
+        if model_changed or (self.predictor is None and {"checkpoint", "backend"} & set(changes)):
+            # (setting the same path again retries a model that failed to load)
             # Transactional: the new model is loaded while the old one keeps serving (the worker
             # finishes its frame with it; diagnostics keep publishing from their thread; new
             # inputs wait in their queues). Only a model that loaded replaces it; otherwise the

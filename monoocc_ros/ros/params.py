@@ -55,6 +55,8 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
     Param("confidence_threshold", float, 0.0, "Voxels whose predicted class probability is below this are "
           "published as unknown (255).", runtime=True),
+    Param("image_is_rectified", bool, False, "The image is already rectified (image_rect beside the camera's "
+          "original camera info): its distortion coefficients are not applied again.", runtime=True),
     Param("outside_view", str, "unknown", "Voxels outside the camera's field of view: unknown (255; the camera "
           "saw nothing there, the network's answer is a scene prior) or predict (the network's answer, with "
           "confidence 0).", runtime=True),
@@ -205,6 +207,7 @@ class NodeParams:
     publish_markers: bool
     max_marker_cubes: int
     confidence_threshold: float
+    image_is_rectified: bool
     outside_view: str
     publish_confidence: bool
     processing_budget_ms: float

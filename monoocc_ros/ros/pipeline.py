@@ -60,7 +60,7 @@ def run_frame(
     publish_confidence, max_marker_cubes, outside_view are used). Raises InputError for unusable messages."""
     t = {}
     t0 = time.perf_counter()
-    rgb, intrinsics = camera_image(info_msg, image_to_rgb(image_msg))
+    rgb, intrinsics = camera_image(info_msg, image_to_rgb(image_msg), params.image_is_rectified)
     extrinsic = np.asarray(params.grid_to_camera, dtype=np.float64).reshape(4, 4)
     t1 = time.perf_counter()
     try:

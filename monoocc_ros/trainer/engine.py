@@ -363,6 +363,109 @@ def training_set(
     return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, items, with_logits)), None
 
 
+def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> None:
+    """What must hold before any work: a resumable checkpoint, a model for the stage, and every
+    file of both splits readable (a long run must not die late)."""
+    if resume:
+        load_resumable(resume)
+    if (cfg.stage == "teacher") != model_cfg.is_teacher:
+        raise ValueError(
+            f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
+            f"{model_cfg.name} has frame_offsets {model_cfg.frame_offsets}"
+        )
+    for split in ("train", "val"):
+        seqs = resolve_sequences(cfg.data_root, cfg.train_sequences if split == "train" else cfg.val_sequences, split)
+        make_dataset(model_cfg, cfg.data_root, seqs, (0,)).check_files(progress)
+
+
+def _schedule(cfg: TrainConfig, frames_per_process: int, frames: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps)."""
+    batches_per_epoch = frames_per_process // cfg.batch_size
+    if batches_per_epoch < cfg.grad_accum:
+        raise ValueError(
+            f"{frames} training frames give {batches_per_epoch} batches per process, "
+            f"fewer than grad_accum={cfg.grad_accum}"
+        )
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
+    return steps_per_epoch, total_steps
+
+
+def _restore(resume: str, cfg: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, int, int, dict]:
+    """Load a training checkpoint into the run's objects; (step, epoch, step_in_epoch, metrics)."""
+    ckpt = load_resumable(resume)
+    diff = config_differences(ckpt["model_config"], model.cfg)
+    if diff:
+        raise CheckpointError(f"checkpoint {resume} was trained with a different model config; mismatched keys: {diff}")
+    train_ckpt = ckpt.get("train_config", {})
+    for key in ("stage", "batch_size", "grad_accum", "seed"):
+        if key in train_ckpt and train_ckpt[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f"checkpoint {resume} has {key}={train_ckpt[key]!r}, this config {getattr(cfg, key)!r}: "
+                "resume would not continue the same run"
+            )
+    check_weights_match(model, ckpt["weights"], f"checkpoint {resume}")
+    model.load_state_dict(ckpt["weights"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if "rng_state" in ckpt:
+        torch.set_rng_state(ckpt["rng_state"])
+    return ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"], ckpt.get("metrics", {})
+
+
+def _teacher_out(batch: dict, teacher: MonoOcc | None, dev: torch.device, amp: bool) -> dict | None:
+    """The teacher's outputs for a batch: cached (in the batch), live (frozen, on its own frames
+    and LiDAR, which the Dataset loaded), or None without a teacher."""
+    if teacher is not None:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            out = teacher(*model_inputs(batch, teacher.cfg, dev))
+        return {k: v.float() for k, v in out.items()}
+    return teacher_outputs(batch, dev) if "teacher_voxel_features" in batch else None
+
+
+def _log(csv_log: _CSVLog | None, writer, row: dict, step: int) -> None:
+    if csv_log is None or writer is None:
+        return
+    csv_log.write(row)
+    for k, v in row.items():
+        if k not in ("step", "epoch"):
+            writer.add_scalar(k, v, step)
+
+
+def _validation_metrics(scores: SSCScores, step: int) -> dict:
+    return {"completion_iou": scores.completion_iou, "miou": scores.miou, "precision": scores.precision,
+            "recall": scores.recall, "small_object_iou": scores.small_object_iou, "step": step,
+            "class_iou": list(scores.class_iou)}  # fmt: skip
+
+
+def _epoch_loader(train_set: Dataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, skip: int):
+    """The DataLoader of one epoch, starting after `skip` optimizer steps (a resumed epoch)."""
+    sampler.set_epoch(epoch)
+    indices = list(sampler)[skip * cfg.grad_accum * cfg.batch_size :]
+    return DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=indices,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        # Its own generator: creating a loader mid-epoch (on resume) must not consume the
+        # global RNG that drives dropout, or the resumed run would diverge.
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+    )
+
+
+def _optimizer_step(scaler, optimizer, scheduler, params: list, grad_clip: float) -> torch.Tensor:
+    """Unscale, clip, step, zero, schedule; returns the gradient norm before clipping."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else torch.tensor(0.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return grad_norm
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -394,16 +497,7 @@ def _train(
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
     model_cfg = cfg.model_config()
-    if resume:
-        load_resumable(resume)  # fail before datasets and teacher caches are built
-    if (cfg.stage == "teacher") != model_cfg.is_teacher:
-        raise ValueError(
-            f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
-            f"{model_cfg.name} has frame_offsets {model_cfg.frame_offsets}"
-        )
-    for split in ("train", "val"):  # every file of both splits, before any work (a long run must not die late)
-        seqs = resolve_sequences(cfg.data_root, cfg.train_sequences if split == "train" else cfg.val_sequences, split)
-        make_dataset(model_cfg, cfg.data_root, seqs, (0,)).check_files(progress and info.is_main)
+    _preflight(cfg, model_cfg, resume, progress and info.is_main)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg, model_cfg, dev)
     train_set, teacher = training_set(cfg, model_cfg, teacher, dev, info)
@@ -419,15 +513,7 @@ def _train(
     sampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
-    batches_per_epoch = len(sampler) // cfg.batch_size
-    if batches_per_epoch < cfg.grad_accum:
-        raise ValueError(
-            f"{len(train_set)} training frames give {batches_per_epoch} batches per process, "
-            f"fewer than grad_accum={cfg.grad_accum}"
-        )
-    steps_per_epoch = batches_per_epoch // cfg.grad_accum
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    total_steps = min(total_steps, cfg.epochs * steps_per_epoch)
+    steps_per_epoch, total_steps = _schedule(cfg, len(sampler), len(train_set))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_iters, total_steps))
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -435,28 +521,7 @@ def _train(
     step, epoch, step_in_epoch, metrics = 0, 0, 0, {}
     out_dir = cfg.output_dir
     if resume:
-        ckpt = load_resumable(resume)
-        diff = config_differences(ckpt["model_config"], model_cfg)
-        if diff:
-            raise CheckpointError(
-                f"checkpoint {resume} was trained with a different model config; mismatched keys: {diff}"
-            )
-        train_ckpt = ckpt.get("train_config", {})
-        for key in ("stage", "batch_size", "grad_accum", "seed"):
-            if key in train_ckpt and train_ckpt[key] != getattr(cfg, key):
-                raise CheckpointError(
-                    f"checkpoint {resume} has {key}={train_ckpt[key]!r}, this config {getattr(cfg, key)!r}: "
-                    "resume would not continue the same run"
-                )
-        check_weights_match(model, ckpt["weights"], f"checkpoint {resume}")
-        model.load_state_dict(ckpt["weights"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
-        metrics = ckpt.get("metrics", {})
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])
+        step, epoch, step_in_epoch, metrics = _restore(resume, cfg, model, optimizer, scheduler, scaler)
     else:
         torch.manual_seed(cfg.seed + info.rank)
 
@@ -497,28 +562,13 @@ def _train(
     best = metrics.get("miou", -1.0)
     bar = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=not (progress and info.is_main))
     while step < total_steps:
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[step_in_epoch * cfg.grad_accum * cfg.batch_size :]
-        loader = DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            sampler=indices,
-            num_workers=cfg.num_workers,
-            drop_last=True,
-            # Its own generator: creating a loader mid-epoch (on resume) must not consume the
-            # global RNG that drives dropout, or the resumed run would diverge.
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
+        loader = _epoch_loader(train_set, sampler, cfg, epoch, step_in_epoch)
         ddp_model.train()
         t_last, frames = time.perf_counter(), 0
         accum: dict[str, float] = {}
         for i, batch in enumerate(_batches(loader, interrupt)):
             inputs = model_inputs(batch, model_cfg, dev)
-            t_out = teacher_outputs(batch, dev) if "teacher_voxel_features" in batch else None
-            if teacher is not None:  # frozen, on its own frames (the Dataset loads the teacher's offsets)
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    t_out = teacher(*model_inputs(batch, teacher.cfg, dev))
-                t_out = {k: v.float() for k, v in t_out.items()}
+            t_out = _teacher_out(batch, teacher, dev, use_amp)
             targets = {k: v.to(dev) for k, v in batch.items() if k.startswith(("target", "labels_2d", "depth_2d"))}
             sync = (i + 1) % cfg.grad_accum == 0
             ctx = ddp_model.no_sync() if (info.world_size > 1 and not sync) else contextlib.nullcontext()
@@ -533,12 +583,7 @@ def _train(
             frames += inputs[0].shape[0] * info.world_size
             if not sync:
                 continue
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            grad_norm = _optimizer_step(scaler, optimizer, scheduler, params, cfg.grad_clip)
             step += 1
             step_in_epoch += 1
             losses.append(accum["total"])
@@ -547,18 +592,9 @@ def _train(
             bar.set_postfix(loss=f"{accum['total']:.3f}", fps=f"{fps:.2f}")
             bar.update(1)
             if info.is_main and (step % cfg.log_every == 0 or step == total_steps):
-                row = {
-                    "step": step,
-                    "epoch": epoch,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "frames_per_s": fps,
-                    **{f"loss/{k}": v for k, v in accum.items()},
-                }
-                csv_log.write(row)
-                for k, v in row.items():
-                    if k not in ("step", "epoch"):
-                        writer.add_scalar(k, v, step)
+                row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "frames_per_s": fps, **{f"loss/{k}": v for k, v in accum.items()}}  # fmt: skip
+                _log(csv_log, writer, row, step)
             t_last, frames, accum = now, 0, {}
             stopping = (stop_after is not None and step >= stop_after) or interrupt.is_set()
             if stopping:
@@ -574,30 +610,16 @@ def _train(
                 last = out_dir / "last.pt"
                 print(f"interrupted: saved step {step} to {last}; continue with --resume {last}", file=sys.stderr)
             return {"step": step, "losses": losses, "metrics": metrics, "model": model, "interrupted": True}
-        if step_in_epoch >= steps_per_epoch:
-            epoch += 1
-            step_in_epoch = 0
-            end_of_epoch = True
-        else:
-            end_of_epoch = False
-        finished = step >= total_steps
-        if info.is_main and (finished or (end_of_epoch and cfg.eval_every and epoch % cfg.eval_every == 0)):
+        end_of_epoch = step_in_epoch >= steps_per_epoch
+        if end_of_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
+        validate = step >= total_steps or (end_of_epoch and cfg.eval_every and epoch % cfg.eval_every == 0)
+        if info.is_main and validate:
             scores = evaluate(model, val_set, dev, progress=progress, amp=use_amp)
             last_scores = scores
-            metrics = {
-                "completion_iou": scores.completion_iou,
-                "miou": scores.miou,
-                "precision": scores.precision,
-                "recall": scores.recall,
-                "small_object_iou": scores.small_object_iou,
-                "step": step,
-                "class_iou": list(scores.class_iou),
-            }
-            csv_log.write(
-                {"step": step, "epoch": epoch, "val/completion_iou": scores.completion_iou, "val/miou": scores.miou}
-            )
-            writer.add_scalar("val/completion_iou", scores.completion_iou, step)
-            writer.add_scalar("val/miou", scores.miou, step)
+            metrics = _validation_metrics(scores, step)
+            row = {"step": step, "epoch": epoch, "val/completion_iou": scores.completion_iou, "val/miou": scores.miou}
+            _log(csv_log, writer, row, step)
             if scores.miou > best:
                 best = scores.miou
                 save("best.pt")
