@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,10 +75,13 @@ def start_node_process(checkpoint: str | None, extra_params: list[str] | None = 
     for p in extra_params or []:
         cmd += ["-p", p]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # Own session: the whole process group can be signalled, nothing is left behind.
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
+    # The node's log goes to a temporary file, not a pipe: nobody reads a pipe during the replay,
+    # and a node blocked on a full one would stop answering. Own session: the whole process
+    # group can be signalled, nothing is left behind.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc._monoocc_log = log  # type: ignore[attr-defined]  # read back by _log_of
+    return proc
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> str:
@@ -90,7 +94,16 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> str:
             proc.wait()
         except ProcessLookupError:
             pass
-    return proc.stdout.read() if proc.stdout else ""
+    return _log_of(proc)
+
+
+def _log_of(proc: subprocess.Popen) -> str:
+    """What the node printed so far (its log file, see `start_node_process`)."""
+    log = proc.stdout if proc.stdout is not None else getattr(proc, "_monoocc_log", None)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read()
 
 
 def replay_eval(
@@ -208,7 +221,7 @@ class _Replay:
 
         rclpy.spin_once(self.node, timeout_sec=t)
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError("the node exited:\n" + (self.proc.stdout.read() if self.proc.stdout else ""))
+            raise RuntimeError("the node exited:\n" + _log_of(self.proc))
 
     def _wait_for_node(self) -> None:
         deadline = time.monotonic() + 120
