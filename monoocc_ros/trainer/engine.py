@@ -363,11 +363,10 @@ def training_set(
     return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, items, with_logits)), None
 
 
-def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> None:
-    """What must hold before any work: a resumable checkpoint, a model for the stage, and every
-    file of both splits readable (a long run must not die late)."""
-    if resume:
-        load_resumable(resume)
+def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> dict | None:
+    """What must hold before any work: a resumable checkpoint (returned, read once), a model for
+    the stage, and every file of both splits readable (a long run must not die late)."""
+    ckpt = load_resumable(resume) if resume else None
     if (cfg.stage == "teacher") != model_cfg.is_teacher:
         raise ValueError(
             f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
@@ -376,6 +375,7 @@ def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, pro
     for split in ("train", "val"):
         seqs = resolve_sequences(cfg.data_root, cfg.train_sequences if split == "train" else cfg.val_sequences, split)
         make_dataset(model_cfg, cfg.data_root, seqs, (0,)).check_files(progress)
+    return ckpt
 
 
 def _schedule(cfg: TrainConfig, frames_per_process: int, frames: int) -> tuple[int, int]:
@@ -391,9 +391,11 @@ def _schedule(cfg: TrainConfig, frames_per_process: int, frames: int) -> tuple[i
     return steps_per_epoch, total_steps
 
 
-def _restore(resume: str, cfg: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, int, int, dict]:
-    """Load a training checkpoint into the run's objects; (step, epoch, step_in_epoch, metrics)."""
-    ckpt = load_resumable(resume)
+def _restore(
+    ckpt: dict, resume: str, cfg: TrainConfig, model, optimizer, scheduler, scaler
+) -> tuple[int, int, int, dict]:
+    """Load a training checkpoint (`load_resumable`'s, from file `resume`) into the run's
+    objects; (step, epoch, step_in_epoch, metrics)."""
     diff = config_differences(ckpt["model_config"], model.cfg)
     if diff:
         raise CheckpointError(f"checkpoint {resume} was trained with a different model config; mismatched keys: {diff}")
@@ -482,22 +484,20 @@ def train(
 
 def _train(
     cfg: TrainConfig,
-    resume: str | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    stop_after: int | None = None,
-    interrupt: threading.Event | None = None,
+    resume: str | None,
+    device: str,
+    progress: bool,
+    stop_after: int | None,
+    interrupt: threading.Event,
 ) -> dict:
-    """Run training; returns {"step", "losses" (per step), "metrics" (last validation), "model"}.
-    `stop_after`: save last.pt and return after this many steps, as an interrupted run would."""
-    interrupt = interrupt or threading.Event()
+    """`train`'s body, with the Ctrl-C flag `train` installs."""
     dev = resolve_device(device)
     info = init_distributed(dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
     model_cfg = cfg.model_config()
-    _preflight(cfg, model_cfg, resume, progress and info.is_main)
+    ckpt = _preflight(cfg, model_cfg, resume, progress and info.is_main)
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg, model_cfg, dev)
     train_set, teacher = training_set(cfg, model_cfg, teacher, dev, info)
@@ -520,8 +520,9 @@ def _train(
 
     step, epoch, step_in_epoch, metrics = 0, 0, 0, {}
     out_dir = cfg.output_dir
-    if resume:
-        step, epoch, step_in_epoch, metrics = _restore(resume, cfg, model, optimizer, scheduler, scaler)
+    if ckpt is not None and resume:
+        step, epoch, step_in_epoch, metrics = _restore(ckpt, resume, cfg, model, optimizer, scheduler, scaler)
+        del ckpt  # its tensors now live in the model and optimizer
     else:
         torch.manual_seed(cfg.seed + info.rank)
 
