@@ -157,6 +157,7 @@ class SemanticKITTIDataset(Dataset):
                 "{image_2,voxels,calib.txt,...} (SemanticKITTI layout, or `monoocc synth --out ROOT`)"
             )
         self.sequences: dict[str, _Sequence] = {}
+        self._views: dict[str, np.ndarray] = {}  # view_mask per sequence
         self.items: list[tuple[str, int]] = []
         for name in cfg.sequences:
             path = root / "sequences" / name
@@ -251,13 +252,15 @@ class SemanticKITTIDataset(Dataset):
 
     def view_mask(self, name: str) -> np.ndarray:
         """(256, 256, 32) bool: voxels inside image_2's field of view in sequence `name` (its
-        calibration and the size of its first image)."""
+        calibration and the size of its first image). Read once per sequence: eval asks per frame."""
         from monoocc_ros.inference import camera_view_mask
 
-        seq = self.sequences[name]
-        with Image.open(seq.first_image) as img:  # the size only: no pixels decoded
-            w, h = img.size
-        return camera_view_mask(seq.calib["P2"], seq.calib["Tr"], (h, w))
+        if name not in self._views:
+            seq = self.sequences[name]
+            with Image.open(seq.first_image) as img:  # the size only: no pixels decoded
+                w, h = img.size
+            self._views[name] = camera_view_mask(seq.calib["P2"], seq.calib["Tr"], (h, w))
+        return self._views[name]
 
     def lidar_evidence(self, name: str, frame: int) -> np.ndarray:
         """`lidar_evidence` of one frame: the scans at `lidar_offsets` in this frame's LiDAR frame,

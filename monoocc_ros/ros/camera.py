@@ -112,9 +112,10 @@ def _undistort_maps(model: str, k: tuple, d: tuple, r: tuple, p: tuple, hw: tupl
     return cv2.initUndistortRectifyMap(k_, d_, r_, p_, size, cv2.CV_16SC2)
 
 
-def camera_info_to_intrinsics(msg, image_hw: tuple[int, int] | None = None) -> np.ndarray:
+def camera_info_to_intrinsics(msg) -> np.ndarray:
     """CameraInfo -> 3x4 intrinsic projection: P when set (rectified images; carries the stereo
-    baseline), else [K | 0]. Checks focal lengths, finiteness, and the size against the image."""
+    baseline), else [K | 0]. Checks focal lengths and finiteness (`camera_image` checks the size
+    against the image, ROI and binning included)."""
     p = np.asarray(msg.p, dtype=np.float64).reshape(3, 4) if len(msg.p) == 12 else np.zeros((3, 4))
     k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3) if len(msg.k) == 9 else np.zeros((3, 3))
     if not (np.isfinite(p).all() and np.isfinite(k).all()):
@@ -127,7 +128,4 @@ def camera_info_to_intrinsics(msg, image_hw: tuple[int, int] | None = None) -> n
         raise InputError("camera info has zero focal length in both P and K; expected a calibrated camera")
     if m[0, 0] <= 0 or m[1, 1] <= 0:
         raise InputError(f"camera info focal lengths must be positive, got fx={m[0, 0]}, fy={m[1, 1]}")
-    if image_hw is not None and (msg.height, msg.width) != (0, 0):
-        if (int(msg.height), int(msg.width)) != tuple(image_hw):
-            raise InputError(f"image is {image_hw[1]}x{image_hw[0]} but its camera info says {msg.width}x{msg.height}")
     return m

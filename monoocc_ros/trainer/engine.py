@@ -355,8 +355,6 @@ def training_set(
             root,
             with_logits,
             lambda b: model_inputs(b, tcfg, dev),
-            dev,
-            info.rank == 0,
         )
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache

@@ -91,7 +91,6 @@ class TeacherCache:
         data_root: str,
         with_logits: bool,
         inputs,
-        device: torch.device,
         progress: bool = True,
     ) -> None:
         """Run `teacher` over every item of `teacher_set` (the teacher's Dataset: its frames and
