@@ -44,6 +44,7 @@ from monoocc_ros.data.dataset import (
     list_sequences,
     load_splits,
 )
+from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
 from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import RegionMetrics, SSCScores
 from monoocc_ros.model.config import ModelConfig
@@ -158,10 +159,9 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
 
 def expand_labels(labels: torch.Tensor) -> torch.Tensor:
     """(B, X, Y, Z) labels at a model's output grid -> (B, 256, 256, 32) on the SemanticKITTI grid."""
-    from monoocc_ros.inference import expand_to_full_grid
+    from monoocc_ros.model.head import repeat_voxels
 
-    factor = 256 // labels.shape[1]
-    return torch.stack([expand_to_full_grid(lab, factor) for lab in labels])
+    return repeat_voxels(labels, SEMANTIC_KITTI_GRID.shape[0] // labels.shape[1])
 
 
 @torch.inference_mode()
