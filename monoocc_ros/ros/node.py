@@ -62,10 +62,10 @@ class OccupancyNode(Node):
         self.predictor = None
         self.model_error = ""
         self.loading = ""  # what is being loaded (diagnostics say so meanwhile)
-        self._load_model(values["checkpoint"], values["backend"])
+        self._load_model(self.params.checkpoint, self.params.backend)
 
-        depth = values["queue_depth"]
-        self.pairer = StampPairer(values["sync_slop"], queue_size=depth)
+        depth = self.params.queue_depth
+        self.pairer = StampPairer(self.params.sync_slop, queue_size=depth)
         self._lock = threading.Condition()
         self._pending: tuple | None = None
         self._stop = False
@@ -83,7 +83,7 @@ class OccupancyNode(Node):
         out_qos = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL if values["latch"] else DurabilityPolicy.VOLATILE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if self.params.latch else DurabilityPolicy.VOLATILE,
         )
         self.create_subscription(Image, "~/input/image", self._on_image, sensor_qos)
         self.create_subscription(CameraInfo, "~/input/camera_info", self._on_info, sensor_qos)
@@ -108,16 +108,14 @@ class OccupancyNode(Node):
         )
 
     # --- parameters and model -----------------------------------------------------
-    def _load_model(self, checkpoint: str, backend: str) -> bool:
+    def _load_model(self, checkpoint: str, backend: str) -> None:
         """At start-up: a model that cannot be loaded leaves the node up, reporting ERROR."""
         try:
             self.predictor = self._new_predictor(checkpoint, backend)
-            return True
         except Exception as exc:  # reported, not hidden: diagnostics say ERROR until fixed
             self.predictor = None
             self.model_error = str(exc)
             self.get_logger().error(self.model_error)
-            return False
 
     def _new_predictor(self, checkpoint: str, backend: str):
         """Load a model without touching the one serving; raises with the reason."""
