@@ -8,8 +8,6 @@ sequence's times.txt (a zero stamp would never pair in the node).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from monoocc_ros.bag.io import (
     STATIC_QOS,
     TF_STATIC_TOPIC,
     VOXELGRID_TYPE,
-    open_writer,
+    new_bag,
     transform_message,
     typestore,
 )
@@ -96,59 +94,46 @@ def from_dataset(
     times = F.read_times(seq / "times.txt")
     store = typestore()
     counts = {"images": 0, "ground_truth": 0}
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; rosbag2 writes a new directory (remove it or pick another)")
-    # Written under a temporary name and renamed when complete: a failure (bad file, Ctrl-C, a
-    # full disk) leaves no half-written bag that blocks the rerun or looks finished.
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    try:
-        with open_writer(partial, storage) as writer:
-            c_img = writer.add_connection(
-                IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store, offered_qos_profiles=[SENSOR_QOS]
+    with new_bag(out, storage) as writer:
+        c_img = writer.add_connection(
+            IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store, offered_qos_profiles=[SENSOR_QOS]
+        )
+        c_info = writer.add_connection(
+            INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=store, offered_qos_profiles=[SENSOR_QOS]
+        )
+        c_gt = None  # added with the first labelled frame: a sequence without labels has no GT topic
+        if "Tr" in calib:  # the extrinsic, so replay-eval runs the node with this data's own
+            c_tf = writer.add_connection(
+                TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", typestore=store, offered_qos_profiles=[STATIC_QOS]
             )
-            c_info = writer.add_connection(
-                INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=store, offered_qos_profiles=[SENSOR_QOS]
+            first = round((start_time + times[int(images[0].stem)]) * 1e9) if len(times) else 0
+            tf = transform_message(store, calib["Tr"], first, "camera", "velodyne")
+            writer.write(c_tf, first, store.serialize_cdr(tf, c_tf.msgtype))
+        for path in tqdm(images, desc=f"bag {sequence}", unit="frame"):
+            frame = int(path.stem)
+            if frame >= len(times):
+                raise ValueError(f"{seq / 'times.txt'} has {len(times)} entries, but image {path.name} exists")
+            stamp = round((start_time + times[frame]) * 1e9)
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            writer.write(
+                c_info,
+                stamp,
+                store.serialize_cdr(
+                    camera_info_message(store, calib["P2"], rgb.shape[1], rgb.shape[0], stamp), c_info.msgtype
+                ),
             )
-            c_gt = None  # added with the first labelled frame: a sequence without labels has no GT topic
-            if "Tr" in calib:  # the extrinsic, so replay-eval runs the node with this data's own
-                c_tf = writer.add_connection(
-                    TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", typestore=store, offered_qos_profiles=[STATIC_QOS]
-                )
-                first = round((start_time + times[int(images[0].stem)]) * 1e9) if len(times) else 0
-                tf = transform_message(store, calib["Tr"], first, "camera", "velodyne")
-                writer.write(c_tf, first, store.serialize_cdr(tf, c_tf.msgtype))
-            for path in tqdm(images, desc=f"bag {sequence}", unit="frame"):
-                frame = int(path.stem)
-                if frame >= len(times):
-                    raise ValueError(f"{seq / 'times.txt'} has {len(times)} entries, but image {path.name} exists")
-                stamp = round((start_time + times[frame]) * 1e9)
-                rgb = np.asarray(Image.open(path).convert("RGB"))
-                writer.write(
-                    c_info,
-                    stamp,
-                    store.serialize_cdr(
-                        camera_info_message(store, calib["P2"], rgb.shape[1], rgb.shape[0], stamp), c_info.msgtype
-                    ),
-                )
-                writer.write(c_img, stamp, store.serialize_cdr(image_message(store, rgb, stamp), c_img.msgtype))
-                counts["images"] += 1
-                label = seq / "voxels" / f"{frame:06d}.label"
-                if label.exists():
-                    train = raw_to_train(F.read_voxel_labels(label))
-                    invalid_path = label.with_suffix(".invalid")
-                    if invalid_path.exists():
-                        train = np.where(F.read_voxel_bits(invalid_path), IGNORE, train).astype(np.uint8)
-                    if c_gt is None:
-                        c_gt = writer.add_connection(
-                            GT_TOPIC, VOXELGRID_TYPE, typestore=store, offered_qos_profiles=[RELIABLE_QOS]
-                        )
-                    writer.write(
-                        c_gt, stamp, store.serialize_cdr(voxelgrid_message(store, train, stamp), VOXELGRID_TYPE)
+            writer.write(c_img, stamp, store.serialize_cdr(image_message(store, rgb, stamp), c_img.msgtype))
+            counts["images"] += 1
+            label = seq / "voxels" / f"{frame:06d}.label"
+            if label.exists():
+                train = raw_to_train(F.read_voxel_labels(label))
+                invalid_path = label.with_suffix(".invalid")
+                if invalid_path.exists():
+                    train = np.where(F.read_voxel_bits(invalid_path), IGNORE, train).astype(np.uint8)
+                if c_gt is None:
+                    c_gt = writer.add_connection(
+                        GT_TOPIC, VOXELGRID_TYPE, typestore=store, offered_qos_profiles=[RELIABLE_QOS]
                     )
-                    counts["ground_truth"] += 1
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+                writer.write(c_gt, stamp, store.serialize_cdr(voxelgrid_message(store, train, stamp), VOXELGRID_TYPE))
+                counts["ground_truth"] += 1
     return counts

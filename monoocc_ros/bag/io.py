@@ -3,6 +3,8 @@ from msg/VoxelGrid.msg so the definition in the bag is the real one), QoS profil
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -72,6 +74,24 @@ def grid_to_camera_from_tf(msg, grid_frame: str) -> np.ndarray | None:
             m[:3, 3] = [v.x, v.y, v.z]
             return m
     return None
+
+
+@contextmanager
+def new_bag(out: str | Path, storage: str = "mcap") -> Iterator[Writer]:
+    """An open Writer for a new bag at `out`, written under a temporary name and renamed when the
+    block completes: a failure (a bad input file, Ctrl-C, a full disk) leaves no half-written bag
+    that blocks the rerun or looks finished."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; rosbag2 writes a new directory (remove it or pick another)")
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    try:
+        with open_writer(partial, storage) as writer:
+            yield writer
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def open_writer(path: str | Path, storage: str = "mcap") -> Writer:

@@ -11,15 +11,13 @@ memory until written (the bags this package records: seconds to minutes of camer
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
 
-from monoocc_ros.bag.io import RELIABLE_QOS, open_writer, typestore
+from monoocc_ros.bag.io import RELIABLE_QOS, new_bag, typestore
 
 
 def repair(bag: str | Path, out: str | Path) -> dict[str, int]:
@@ -54,27 +52,21 @@ def repair(bag: str | Path, out: str | Path) -> dict[str, int]:
 
 def _write(out: Path, schemas: dict, channels: dict, messages: list) -> dict[str, int]:
     store = typestore()
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     counts: dict[str, int] = {}
-    try:
-        with open_writer(partial) as writer:
-            by_topic, conns = {}, {}
-            for key, ch in channels.items():
-                msgtype = schemas[(key[0], ch.schema_id)].name
-                if msgtype not in store.fielddefs:
-                    raise ValueError(f"{ch.topic}: message type {msgtype} is not known to this package's type store")
-                if ch.topic not in by_topic:
-                    by_topic[ch.topic] = writer.add_connection(
-                        ch.topic, msgtype, typestore=store, offered_qos_profiles=[RELIABLE_QOS]
-                    )
-                    counts[ch.topic] = 0
-                conns[key] = by_topic[ch.topic]
-            for key, stamp, data in sorted(messages, key=lambda m: m[1]):
-                if key in conns:
-                    writer.write(conns[key], stamp, data)
-                    counts[channels[key].topic] += 1
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    with new_bag(out) as writer:
+        by_topic, conns = {}, {}
+        for key, ch in channels.items():
+            msgtype = schemas[(key[0], ch.schema_id)].name
+            if msgtype not in store.fielddefs:
+                raise ValueError(f"{ch.topic}: message type {msgtype} is not known to this package's type store")
+            if ch.topic not in by_topic:
+                by_topic[ch.topic] = writer.add_connection(
+                    ch.topic, msgtype, typestore=store, offered_qos_profiles=[RELIABLE_QOS]
+                )
+                counts[ch.topic] = 0
+            conns[key] = by_topic[ch.topic]
+        for key, stamp, data in sorted(messages, key=lambda m: m[1]):
+            if key in conns:
+                writer.write(conns[key], stamp, data)
+                counts[channels[key].topic] += 1
     return counts
