@@ -197,11 +197,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (YAML and rosbags errors span several)."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, KeyError):
-        text = f"missing entry {text}"
-    return text or type(exc).__name__
+    """An exception's message on one line (`errors.one_line`); a KeyError says what it is."""
+    from monoocc_ros import errors
+
+    return f"missing entry {errors.one_line(exc)}" if isinstance(exc, KeyError) else errors.one_line(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from monoocc_ros.errors import one_line
 from monoocc_ros.paths import package_file
 
 VOXELGRID_TYPE = "monoocc_ros/msg/VoxelGrid"
@@ -118,7 +119,7 @@ def open_reader(path: str | Path) -> Iterator[Reader]:
         reader = Reader(path)
         reader.open()
     except ReaderError as exc:
-        raise BagError(f"{path} is not a readable rosbag2 bag ({' '.join(str(exc).split())})") from None
+        raise BagError(f"{path} is not a readable rosbag2 bag ({one_line(exc)})") from None
     try:
         yield reader
     finally:

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
+from monoocc_ros.errors import one_line
 from monoocc_ros.geometry import (
     SEMANTIC_KITTI_GRID,
     camera_pose_to_lidar,
@@ -235,7 +236,7 @@ class SemanticKITTIDataset(Dataset):
                 with Image.open(image) as img:
                     img.verify()
             except Exception as exc:  # PIL raises many types for a broken file
-                bad.append(f"{image} ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+                bad.append(f"{image} ({type(exc).__name__}: {one_line(exc)[:80]})")
             expected = {"voxels/{}.label": 2 * n, "voxels/{}.invalid": n // 8}
             if self.cfg.require_labels or (seq.path / "voxels" / f"{stem}.label").exists():
                 for pattern, size in expected.items():

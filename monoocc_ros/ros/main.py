@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from monoocc_ros.errors import one_line
 from monoocc_ros.ros.params import params_file_errors, usage
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rclpy.init(args=argv)  # a params file that is not ROS parameter YAML fails here
     except Exception as exc:  # rclpy raises its RCLError (not exported) with rcl's message
-        print(f"occupancy_node: cannot start: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"occupancy_node: cannot start: {one_line(exc)}", file=sys.stderr)
         return 2
     try:
         from monoocc_ros.ros.node import OccupancyNode
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         node = OccupancyNode()
     except (ValueError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
         # InvalidParameterTypeException: e.g. an integer for a double parameter ("1" for "1.0").
-        print(f"occupancy_node: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"occupancy_node: {one_line(exc)}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     try:

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
 from visualization_msgs.msg import MarkerArray
 
+from monoocc_ros.errors import one_line
 from monoocc_ros.msg import VoxelGrid
 from monoocc_ros.paths import package_file
 from monoocc_ros.ros.camera import MAX_PIXELS, InputError
@@ -126,7 +127,7 @@ class OccupancyNode(Node):
         try:
             predictor = Predictor.load(path, backend, self.params.device, self.params.half_precision)
         except Exception as exc:
-            raise RuntimeError(f"cannot load {path} on backend {backend}: {' '.join(str(exc).split())}") from exc
+            raise RuntimeError(f"cannot load {path} on backend {backend}: {one_line(exc)}") from exc
         finally:
             self.loading = ""
         self.get_logger().info(f"loaded {path} ({predictor.cfg.name}) on {predictor.describe()}")
