@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -480,6 +480,171 @@ def train(
         return _train(cfg, resume, device, progress, stop_after, interrupt)
 
 
+class _Run:
+    """One training run's state and its named steps: build (`__init__`), `epoch`, `end_epoch`,
+    `save`, `finish`. The order of every RNG-consuming call is part of exact resume."""
+
+    def __init__(
+        self, cfg: TrainConfig, resume: str | None, device: str, progress: bool, interrupt: threading.Event
+    ) -> None:
+        dev = resolve_device(device)
+        self.info = info = init_distributed(dev)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(dev)
+        self.cfg, self.dev, self.progress, self.interrupt = cfg, dev, progress, interrupt
+        self.model_cfg = model_cfg = cfg.model_config()
+        ckpt = _preflight(cfg, model_cfg, resume, progress and info.is_main)
+        torch.manual_seed(cfg.seed)
+        teacher = load_teacher(cfg, model_cfg, dev)
+        self.train_set, self.teacher = training_set(cfg, model_cfg, teacher, dev, info)
+        self.val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
+        self.val_set = make_dataset(
+            model_cfg, cfg.data_root, self.val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar
+        )
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = MonoOcc(model_cfg).to(dev)
+        configure_memory(self.model, cfg.checkpointing, cfg.attention_chunk)
+        self.loss_fn = MonoOccLoss(model_cfg.loss).to(dev)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sampler = DistributedSampler(
+            self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        self.steps_per_epoch, self.total_steps = _schedule(cfg, len(self.sampler), len(self.train_set))
+        total = self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, cfg.warmup_iters, total)
+        )
+        self.use_amp = cfg.amp and dev.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step, self.epoch, self.step_in_epoch, self.metrics = 0, 0, 0, {}
+        if ckpt is not None and resume:
+            self.step, self.epoch, self.step_in_epoch, self.metrics = _restore(
+                ckpt, resume, cfg, self.model, self.optimizer, self.scheduler, self.scaler
+            )
+            del ckpt  # its tensors now live in the model and optimizer
+        else:
+            torch.manual_seed(cfg.seed + info.rank)
+        self.ddp_model: torch.nn.Module = self.model
+        if info.world_size > 1:
+            # Unused parameters happen legitimately (no proposed voxels -> no cross-attention).
+            device_ids = [dev.index] if dev.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+        self.writer, self.csv_log = None, None
+        if info.is_main:
+            cfg.output_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(cfg.output_dir / "tensorboard"))
+            self.csv_log = _CSVLog(cfg.output_dir / "metrics.csv")
+        self.losses: list[float] = []
+        self.last_scores: SSCScores | None = None
+        self.best = self.metrics.get("miou", -1.0)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=cfg.name,
+            unit="step",
+            disable=not (progress and info.is_main),
+        )
+
+    def save(self, name: str) -> None:
+        if not self.info.is_main:
+            return
+        save_checkpoint(
+            self.cfg.output_dir / name,
+            self.model_cfg,
+            self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            step=self.step,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            metrics=self.metrics,
+            train_config=self.cfg.to_dict(),
+            rng_state=torch.get_rng_state(),
+        )
+
+    def _backward(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward of one batch (gradients accumulate until `sync`); the loss terms."""
+        model_cfg, dev = self.model_cfg, self.dev
+        inputs = model_inputs(batch, model_cfg, dev)
+        t_out = _teacher_out(batch, self.teacher, dev, self.use_amp)
+        targets = {k: v.to(dev) for k, v in batch.items() if k.startswith(("target", "labels_2d", "depth_2d"))}
+        no_sync = self.info.world_size > 1 and not sync
+        ctx = self.ddp_model.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
+        with ctx, torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            out = self.ddp_model(*inputs)
+            terms = self.loss_fn(
+                out, targets, target_key(model_cfg.logits_scale), target_key(model_cfg.query_scale), t_out
+            )
+            self.scaler.scale(terms["total"] / self.cfg.grad_accum).backward()
+        return terms
+
+    def _optimizer_step(self, accum: dict[str, float], fps: float) -> None:
+        grad_norm = _optimizer_step(self.scaler, self.optimizer, self.scheduler, self.params, self.cfg.grad_clip)
+        self.step += 1
+        self.step_in_epoch += 1
+        self.losses.append(accum["total"])
+        self.bar.set_postfix(loss=f"{accum['total']:.3f}", fps=f"{fps:.2f}")
+        self.bar.update(1)
+        if self.info.is_main and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+            row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "frames_per_s": fps,
+                   **{f"loss/{k}": v for k, v in accum.items()}}  # fmt: skip
+            _log(self.csv_log, self.writer, row, self.step)
+
+    def epoch_steps(self, stopping: Callable[[], bool]) -> None:
+        """Train until the epoch ends, the run ends or `stopping()` (checked after each step)."""
+        cfg = self.cfg
+        loader = _epoch_loader(self.train_set, self.sampler, cfg, self.epoch, self.step_in_epoch)
+        self.ddp_model.train()
+        t_last, frames = time.perf_counter(), 0
+        accum: dict[str, float] = {}
+        for i, batch in enumerate(_batches(loader, self.interrupt)):
+            sync = (i + 1) % cfg.grad_accum == 0
+            terms = self._backward(batch, sync)
+            for k, v in terms.items():
+                accum[k] = accum.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            frames += batch["image"].shape[0] * self.info.world_size
+            if not sync:
+                continue
+            now = time.perf_counter()
+            self._optimizer_step(accum, frames / max(now - t_last, 1e-9))
+            t_last, frames, accum = now, 0, {}
+            if stopping():
+                return
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save("last.pt")
+            if self.step >= self.total_steps or self.step_in_epoch >= self.steps_per_epoch:
+                return
+
+    def end_epoch(self) -> None:
+        """Advance the epoch counter when the epoch is complete; validate when due."""
+        cfg = self.cfg
+        end_of_epoch = self.step_in_epoch >= self.steps_per_epoch
+        if end_of_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        due = self.step >= self.total_steps or (end_of_epoch and cfg.eval_every and self.epoch % cfg.eval_every == 0)
+        if self.info.is_main and due:
+            scores = evaluate(self.model, self.val_set, self.dev, progress=self.progress, amp=self.use_amp)
+            self.last_scores = scores
+            self.metrics = _validation_metrics(scores, self.step)
+            row = {"step": self.step, "epoch": self.epoch, "val/completion_iou": scores.completion_iou,
+                   "val/miou": scores.miou}  # fmt: skip
+            _log(self.csv_log, self.writer, row, self.step)
+            if scores.miou > self.best:
+                self.best = scores.miou
+                self.save("best.pt")
+        self.save("last.pt")
+
+    def result(self, interrupted: bool) -> dict:
+        return {"step": self.step, "losses": self.losses, "metrics": self.metrics, "model": self.model,
+                "interrupted": interrupted}  # fmt: skip
+
+
 def _train(
     cfg: TrainConfig,
     resume: str | None,
@@ -489,146 +654,28 @@ def _train(
     interrupt: threading.Event,
 ) -> dict:
     """`train`'s body, with the Ctrl-C flag `train` installs."""
-    dev = resolve_device(device)
-    info = init_distributed(dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(dev)
-    model_cfg = cfg.model_config()
-    ckpt = _preflight(cfg, model_cfg, resume, progress and info.is_main)
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(cfg, model_cfg, dev)
-    train_set, teacher = training_set(cfg, model_cfg, teacher, dev, info)
-    val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
-    val_set = make_dataset(model_cfg, cfg.data_root, val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar)
+    run = _Run(cfg, resume, device, progress, interrupt)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = MonoOcc(model_cfg).to(dev)
-    configure_memory(model, cfg.checkpointing, cfg.attention_chunk)
-    loss_fn = MonoOccLoss(model_cfg.loss).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = DistributedSampler(
-        train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
-    )
-    steps_per_epoch, total_steps = _schedule(cfg, len(sampler), len(train_set))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_iters, total_steps))
-    use_amp = cfg.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    def stopping() -> bool:
+        return (stop_after is not None and run.step >= stop_after) or interrupt.is_set()
 
-    step, epoch, step_in_epoch, metrics = 0, 0, 0, {}
-    out_dir = cfg.output_dir
-    if ckpt is not None and resume:
-        step, epoch, step_in_epoch, metrics = _restore(ckpt, resume, cfg, model, optimizer, scheduler, scaler)
-        del ckpt  # its tensors now live in the model and optimizer
-    else:
-        torch.manual_seed(cfg.seed + info.rank)
-
-    ddp_model = model
-    if info.world_size > 1:
-        # Unused parameters happen legitimately (no proposed voxels -> no cross-attention).
-        device_ids = [dev.index] if dev.type == "cuda" else None
-        ddp_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
-    writer = None
-    csv_log = None
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tensorboard"))
-        csv_log = _CSVLog(out_dir / "metrics.csv")
-
-    def save(name: str) -> None:
-        if not info.is_main:
-            return
-        save_checkpoint(
-            out_dir / name,
-            model_cfg,
-            model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(),
-            step=step,
-            epoch=epoch,
-            step_in_epoch=step_in_epoch,
-            metrics=metrics,
-            train_config=cfg.to_dict(),
-            rng_state=torch.get_rng_state(),
-        )
-
-    losses: list[float] = []
-    last_scores: SSCScores | None = None
-    best = metrics.get("miou", -1.0)
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=not (progress and info.is_main))
-    while step < total_steps:
-        loader = _epoch_loader(train_set, sampler, cfg, epoch, step_in_epoch)
-        ddp_model.train()
-        t_last, frames = time.perf_counter(), 0
-        accum: dict[str, float] = {}
-        for i, batch in enumerate(_batches(loader, interrupt)):
-            inputs = model_inputs(batch, model_cfg, dev)
-            t_out = _teacher_out(batch, teacher, dev, use_amp)
-            targets = {k: v.to(dev) for k, v in batch.items() if k.startswith(("target", "labels_2d", "depth_2d"))}
-            sync = (i + 1) % cfg.grad_accum == 0
-            ctx = ddp_model.no_sync() if (info.world_size > 1 and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                out = ddp_model(*inputs)
-                terms = loss_fn(
-                    out, targets, target_key(model_cfg.logits_scale), target_key(model_cfg.query_scale), t_out
-                )
-                scaler.scale(terms["total"] / cfg.grad_accum).backward()
-            for k, v in terms.items():
-                accum[k] = accum.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            frames += inputs[0].shape[0] * info.world_size
-            if not sync:
-                continue
-            grad_norm = _optimizer_step(scaler, optimizer, scheduler, params, cfg.grad_clip)
-            step += 1
-            step_in_epoch += 1
-            losses.append(accum["total"])
-            now = time.perf_counter()
-            fps = frames / max(now - t_last, 1e-9)
-            bar.set_postfix(loss=f"{accum['total']:.3f}", fps=f"{fps:.2f}")
-            bar.update(1)
-            if info.is_main and (step % cfg.log_every == 0 or step == total_steps):
-                row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "frames_per_s": fps, **{f"loss/{k}": v for k, v in accum.items()}}  # fmt: skip
-                _log(csv_log, writer, row, step)
-            t_last, frames, accum = now, 0, {}
-            stopping = (stop_after is not None and step >= stop_after) or interrupt.is_set()
-            if stopping:
-                break
-            if cfg.save_every and step % cfg.save_every == 0:
-                save("last.pt")
-            if step >= total_steps or step_in_epoch >= steps_per_epoch:
-                break
-        if (stop_after is not None and step >= stop_after) or interrupt.is_set():
-            save("last.pt")
-            bar.close()
-            if interrupt.is_set() and info.is_main:
-                last = out_dir / "last.pt"
-                print(f"interrupted: saved step {step} to {last}; continue with --resume {last}", file=sys.stderr)
-            return {"step": step, "losses": losses, "metrics": metrics, "model": model, "interrupted": True}
-        end_of_epoch = step_in_epoch >= steps_per_epoch
-        if end_of_epoch:
-            epoch, step_in_epoch = epoch + 1, 0
-        validate = step >= total_steps or (end_of_epoch and cfg.eval_every and epoch % cfg.eval_every == 0)
-        if info.is_main and validate:
-            scores = evaluate(model, val_set, dev, progress=progress, amp=use_amp)
-            last_scores = scores
-            metrics = _validation_metrics(scores, step)
-            row = {"step": step, "epoch": epoch, "val/completion_iou": scores.completion_iou, "val/miou": scores.miou}
-            _log(csv_log, writer, row, step)
-            if scores.miou > best:
-                best = scores.miou
-                save("best.pt")
-        save("last.pt")
-    bar.close()
-    if info.is_main:
-        writer.close()
-        if last_scores is not None:
-            print(f"validation on sequences {list(val_seqs)} after {step} steps:")
-            print(last_scores.table())
-    if info.world_size > 1:
+    while run.step < run.total_steps:
+        run.epoch_steps(stopping)
+        if stopping():
+            run.save("last.pt")
+            run.bar.close()
+            if interrupt.is_set() and run.info.is_main:
+                last = cfg.output_dir / "last.pt"
+                print(f"interrupted: saved step {run.step} to {last}; continue with --resume {last}", file=sys.stderr)
+            return run.result(interrupted=True)
+        run.end_epoch()
+    run.bar.close()
+    if run.info.is_main:
+        if run.writer is not None:
+            run.writer.close()
+        if run.last_scores is not None:
+            print(f"validation on sequences {list(run.val_seqs)} after {run.step} steps:")
+            print(run.last_scores.table())
+    if run.info.world_size > 1:
         dist.barrier()
-    return {"step": step, "losses": losses, "metrics": metrics, "model": model, "interrupted": False}
+    return run.result(interrupted=False)
