@@ -43,13 +43,15 @@ $(STAMPS)/msg: msg/VoxelGrid.msg CMakeLists.txt package.xml scripts/build_msg.sh
 	bash scripts/build_msg.sh $(VENV)
 	@touch $@
 
-test: setup
-	$(VENV)/bin/ruff check monoocc_ros test scripts launch setup.py
+# CI runs this (.ci/run): the lint gates first, then the suite.
+test: lint
 	$(PY) -m pytest -q test
 
+# ruff (with mccabe complexity <= 15), formatting, mypy (mypy.ini), and no import cycle.
 lint: setup
 	$(VENV)/bin/ruff check monoocc_ros test scripts launch setup.py
 	$(VENV)/bin/ruff format --check monoocc_ros test scripts setup.py
+	$(VENV)/bin/mypy --config-file mypy.ini
 	$(VENV)/bin/python scripts/import_graph.py
 
 bench: setup

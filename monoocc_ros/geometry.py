@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,15 @@ class GridSpec:
     @property
     def upper(self) -> tuple[float, float, float]:
         """The maximum corner (metres)."""
-        return tuple(o + s * self.resolution for o, s in zip(self.origin, self.shape, strict=True))
+        (ox, oy, oz), (sx, sy, sz), r = self.origin, self.shape, self.resolution
+        return (ox + sx * r, oy + sy * r, oz + sz * r)
 
     def scaled(self, factor: int) -> GridSpec:
         """The same physical extent with voxels `factor` times larger."""
         if any(s % factor for s in self.shape):
             raise ValueError(f"grid shape {self.shape} is not divisible by {factor}")
-        return GridSpec(self.origin, self.resolution * factor, tuple(s // factor for s in self.shape))
+        sx, sy, sz = self.shape
+        return GridSpec(self.origin, self.resolution * factor, (sx // factor, sy // factor, sz // factor))
 
     def voxel_centers(self) -> np.ndarray:
         """Centres of all voxels, (X, Y, Z, 3) float32, in the grid's frame."""
@@ -126,7 +129,7 @@ def rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
     return q if q[3] >= 0 else -q
 
 
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+def quaternion_to_rotation(q: npt.ArrayLike) -> np.ndarray:
     """Quaternion (x, y, z, w), normalised here -> 3x3 rotation."""
     x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
     return np.array(
@@ -169,7 +172,7 @@ def resize_image_and_projection(
     new_h, new_w = size_hw
     if (new_h, new_w) == (h, w):
         return image, np.asarray(projection, dtype=np.float64).copy()
-    resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     return resized, resize_projection(projection, new_w / w, new_h / h)
 
 

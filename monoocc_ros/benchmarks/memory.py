@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 from monoocc_ros.benchmarks.report import print_rows
 
@@ -130,7 +131,7 @@ def main(
     limit_gib: float,
     json_out: str | None,
 ) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, mode in runs or list(DEFAULT_RUNS):
         cmd = [sys.executable, "-m", "monoocc_ros.benchmarks.memory", name, mode, device, checkpointing, str(chunk)]
         print(f"measuring {name} {mode} on {device} (checkpointing {checkpointing})...", file=sys.stderr, flush=True)

@@ -95,7 +95,8 @@ def _scene(center: np.ndarray, size: np.ndarray, yaw: np.ndarray):
 
     verts, tris = _box_triangles(center, size, yaw)
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(verts), o3d.core.Tensor(tris))
+    # open3d's generated stubs omit the defaults of Tensor's dtype and device (here and in _cast)
+    scene.add_triangles(o3d.core.Tensor(verts), o3d.core.Tensor(tris))  # type: ignore[call-overload]
     return scene
 
 
@@ -103,7 +104,7 @@ def _cast(scene, origin: np.ndarray, dirs: np.ndarray):
     import open3d as o3d
 
     rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], 1).astype(np.float32)
-    ans = scene.cast_rays(o3d.core.Tensor(rays), nthreads=0)
+    ans = scene.cast_rays(o3d.core.Tensor(rays), nthreads=0)  # type: ignore[call-overload]
     return ans["t_hit"].numpy(), ans["primitive_ids"].numpy(), ans["primitive_normals"].numpy()
 
 
@@ -227,7 +228,7 @@ class SequenceRenderer:
         scan, scan_lab, ranges = self._scan(scene, idx, center, yaw, pose, frame)
         labels, invalid = self._voxel_truth(pose, center, yaw)
         g = self.grid
-        seen = np.zeros(g.num_voxels, bool)
+        seen: np.ndarray = np.zeros(g.num_voxels, bool)  # flat, then (X, Y, Z)
         vi, inside = g.points_to_indices(scan)
         seen[np.ravel_multi_index(vi[inside].T, g.shape)] = True
         seen = seen.reshape(g.shape)
@@ -301,6 +302,7 @@ class SequenceRenderer:
     def _voxel_truth(self, pose: np.ndarray, center: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(train-id labels, invalid) of a frame: accumulated static returns + moving shells."""
         g = self.grid
+        assert self._labeler is not None  # render() accumulates first
         static, observed = self._labeler.static_labels(pose)
         labels = static.reshape(g.shape)
         invalid = ~observed.reshape(g.shape)

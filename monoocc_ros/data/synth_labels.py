@@ -24,6 +24,7 @@ return of the beam nearest to their direction), as in SemanticKITTI.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
@@ -36,7 +37,8 @@ from monoocc_ros.geometry import GridSpec
 # numba's OpenMP/TBB layers keep their threads spinning after a parallel loop, which starves
 # the numpy/BLAS and Embree work that follows on a 2-core machine (a 7 ms matmul took 170 ms);
 # the workqueue layer's threads sleep.
-numba.config.THREADING_LAYER = "workqueue"
+# numba.core.config defines its options at run time (through globals()), so its stubs lack them.
+numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 MIN_RANGE, MAX_RANGE = 2.5, 70.0  # the official voxelizer's point range (metres from the sensor)
 BEAMS = (-24.8, 2.0, 64)  # HDL-64-like: lowest and highest beam elevation (degrees), beam count
@@ -188,7 +190,7 @@ def accumulate(
     scans: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     frame_poses: np.ndarray,
     grid: GridSpec,
-    sight: list[tuple[np.ndarray, np.ndarray]] = (),
+    sight: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> Accumulation:
     """`scans`: per accumulation pose (origin (3,), returns (K, 3) world, classes (K,)); `sight`:
     more free segments (origin (3,), ends (K, 3)) that carry no class. The free-space grid covers

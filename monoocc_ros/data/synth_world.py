@@ -594,7 +594,8 @@ def make_world(rng: np.random.Generator, frames: int, before: int = 30, after: i
     b = _WorldBuilder(rng)
     # A ground plane under everything, so that no ray falls through a seam between strips.
     b.add((0, 0, GROUND_Z - 0.28), (4000, 4000, 0.5), 0.0, TERRAIN)
-    gaps, crosses = [], []
+    gaps: list[tuple[float, float]] = []
+    crosses: list[tuple[float, float, Profile]] = []
     span_lo, span_hi = ego_s[before] + 5.0, ego_s[before + frames - 1] + 45.0
     for _ in range(int(rng.random() < 0.7) + int(rng.random() < 0.25)):
         s_x = rng.uniform(span_lo, span_hi)

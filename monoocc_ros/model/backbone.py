@@ -17,6 +17,7 @@ initialised backbone trains every layer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +41,9 @@ def make_backbone(name: str, embed_dim: int, weights: str | None = None, frozen_
 
 class ImageBackbone(nn.Module):
     """ResNet: (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) features, C = `embed_dim`."""
+
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
 
     def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
         super().__init__()
@@ -70,7 +74,7 @@ class ImageBackbone(nn.Module):
         return self.fpn({"0": x})["0"]
 
 
-def _freeze(modules: list[nn.Module]) -> None:
+def _freeze(modules: Sequence[nn.Module]) -> None:
     for module in modules:
         for p in module.parameters():
             p.requires_grad_(False)

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +114,8 @@ def distillation_mask(target_query: torch.Tensor) -> torch.Tensor:
 
 
 class MonoOccLoss(torch.nn.Module):
+    class_weights: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -163,5 +167,6 @@ class MonoOccLoss(torch.nn.Module):
                 terms["distill_logit"] = cfg.distill_logit * masked_logit_kl(
                     logits, teacher["logits"], mask_out, cfg.distill_temperature
                 )
-        terms["total"] = sum(terms.values()) if terms else logits.new_zeros(())
+        # sum() of tensors is a Tensor (typeshed adds its int start, 0, to the result type)
+        terms["total"] = cast(torch.Tensor, sum(terms.values())) if terms else logits.new_zeros(())
         return terms

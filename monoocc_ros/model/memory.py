@@ -20,11 +20,14 @@ but peak memory.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from monoocc_ros.model.config import ModelConfig
 
 CHECKPOINTING_MODES = ("auto", "on", "off")
 AUTO_THRESHOLD = 65536  # "auto" checkpoints when the query grid has more voxels (student_small; not _tiny)
@@ -50,7 +53,10 @@ def configure_memory(model: nn.Module, mode: str = "auto", chunk: int = DEFAULT_
     own query grid, as the trainer does; returns whether checkpointing is on."""
     import math
 
-    enabled = resolve_checkpointing(mode, math.prod(model.cfg.query_grid.shape))
+    # A MonoOcc's config (MonoOcc is not imported: it imports this module); torch types
+    # nn.Module.__getattr__ as returning Tensor | Module.
+    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    enabled = resolve_checkpointing(mode, math.prod(cfg.query_grid.shape))
     set_memory_saving(model, enabled, chunk)
     return enabled
 
@@ -64,6 +70,7 @@ def set_memory_saving(model: nn.Module, checkpointing: bool, chunk: int = DEFAUL
         raise ValueError(f"attention chunk must be >= 1 query, got {chunk}")
     for module in model.modules():
         if isinstance(getattr(type(module), "checkpointing", None), bool):
-            module.checkpointing = checkpointing
+            # torch types nn.Module.__setattr__'s value as Tensor | Module; plain attributes work.
+            module.checkpointing = checkpointing  # type: ignore[assignment]
             if hasattr(module, "chunk"):
-                module.chunk = chunk
+                module.chunk = chunk  # type: ignore[assignment]

@@ -23,6 +23,8 @@ class DepthHead(nn.Module):
     """(B, C, H/16, W/16) -> depth logits (B, bins, h, w) and expected depth (B, h, w), with
     (h, w) the requested output size (the sparse depth's, 1/4 of the image)."""
 
+    centers: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(self, dim: int, bins: int, depth_min: float, depth_max: float) -> None:
         super().__init__()
         self.net = nn.Sequential(

@@ -119,6 +119,9 @@ class SelfAttentionLayer(_PostNormLayer):
 class VoxelTransformer(nn.Module):
     """Image features + proposals -> voxel features (B, C, X, Y, Z) at the query grid (after ICCA)."""
 
+    centers: torch.Tensor  # buffers (registered in __init__)
+    ref3d: torch.Tensor
+
     def __init__(
         self,
         grid: GridSpec,
@@ -172,7 +175,7 @@ class VoxelTransformer(nn.Module):
         after the cross-attention (a privileged teacher's LiDAR embedding). Returns (B, C, X, Y, Z), a
         channels-last view."""
         b = projection.shape[0]
-        feature_hw = tuple(features.shape[2:])
+        feature_hw = (features.shape[2], features.shape[3])
         features = features.flatten(2).transpose(1, 2)  # (B*K, h*w, C) tokens
         n, c = self.queries.shape
         ref, visible = project_reference_points(self.centers.to(projection.dtype), projection, image_hw)

@@ -91,7 +91,7 @@ def serialize(msg: Any, fast: dict[str, tuple[np.ndarray, int]] | None = None) -
     return bytes(w.buf)
 
 
-def _fields(w: Writer, msg: Any, cls: type, fast: dict, prefix: str) -> None:
+def _fields(w: Writer, msg: Any, cls: type[Any], fast: dict, prefix: str) -> None:
     for name, kind in cls.get_fields_and_field_types().items():
         path = f"{prefix}{name}"
         value = getattr(msg, name) if msg is not None else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def surface_voxels(labels: np.ndarray) -> np.ndarray:
     inner[:, :, 1:] &= occ[:, :, :-1]
     inner[:, :, :-1] &= occ[:, :, 1:]
     for axis in range(3):  # border voxels are visible from outside the grid
-        sl = [slice(None)] * 3
+        sl: list[slice | int] = [slice(None)] * 3
         sl[axis] = 0
         inner[tuple(sl)] = False
         sl[axis] = -1
@@ -60,7 +61,7 @@ def surface_voxels(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(occ & ~inner)
 
 
-def _marker_parts(labels: np.ndarray, grid: GridSpec, header, max_cubes: int) -> list[tuple[object, np.ndarray]]:
+def _marker_parts(labels: np.ndarray, grid: GridSpec, header, max_cubes: int) -> list[tuple[Any, np.ndarray]]:
     """(Marker without points, its cube centres (N, 3) float64) for DELETEALL and each class."""
     from visualization_msgs.msg import Marker
 

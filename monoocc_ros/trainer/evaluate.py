@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,10 +25,13 @@ from monoocc_ros.trainer.controls import (
 )
 from monoocc_ros.trainer.engine import evaluate, make_dataset, resolve_sequences
 
+if TYPE_CHECKING:
+    from monoocc_ros.model.monoocc import MonoOcc
+
 
 def _load(
     checkpoint: str, data: str, split: str, sequences: tuple[str, ...] | None, device: str
-) -> tuple[torch.nn.Module, SemanticKITTIDataset, torch.device]:
+) -> tuple[MonoOcc, SemanticKITTIDataset, torch.device]:
     """The model on its device and the evaluated split's Dataset."""
     dev = resolve_device(device)
     model, _ = build_model_from_checkpoint(checkpoint)

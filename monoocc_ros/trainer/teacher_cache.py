@@ -25,11 +25,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from monoocc_ros.data.dataset import SemanticKITTIDataset
+    from monoocc_ros.model.monoocc import MonoOcc
 
 FORMAT = 1
 
@@ -84,8 +89,8 @@ class TeacherCache:
 
     @staticmethod
     def build(
-        teacher: torch.nn.Module,
-        teacher_set: Dataset,
+        teacher: MonoOcc,
+        teacher_set: SemanticKITTIDataset,
         path: str | Path,
         teacher_sha256: str,
         data_root: str,
@@ -136,7 +141,7 @@ class WithTeacherOutputs(Dataset):
     """A student's Dataset with the cached teacher outputs of each item added:
     `teacher_voxel_features` (C, Xq, Yq, Zq) float32 and, with logits, `teacher_logits`."""
 
-    def __init__(self, base: Dataset, cache: TeacherCache) -> None:
+    def __init__(self, base: SemanticKITTIDataset, cache: TeacherCache) -> None:
         if [tuple(i) for i in base.items] != cache.items:
             raise TeacherCacheError(f"teacher cache {cache.path} does not hold this Dataset's items in order")
         self.base, self.cache = base, cache
