@@ -1,4 +1,4 @@
-"""Pictures of label grids: bird's-eye views and side-by-side panels (numpy + PIL only)."""
+"""Bird's-eye-view pictures of label grids, their class legend and side-by-side panels (numpy + PIL only)."""
 
 from __future__ import annotations
 

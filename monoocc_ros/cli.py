@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+from monoocc_ros.paths import DEFAULT_MODEL
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,13 +69,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "export", help="a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)"
     )
     ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--out", help="deployable checkpoint to write (no optimizer state), e.g. models/student_tiny.pt")
+    ex.add_argument("--out", help=f"deployable checkpoint to write (no optimizer state), e.g. {DEFAULT_MODEL}")
     ex.add_argument("--onnx", help="ONNX model to write (opset 20), for the onnxruntime backend")
     ex.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                     help="ONNX input size (default: the config's network input size)")  # fmt: skip
 
     pr = sub.add_parser("predict", help="occupancy of one image: SemanticKITTI .label file and a BEV picture")
-    pr.add_argument("--model", help="checkpoint (.pt) or ONNX export (.onnx); default models/student_tiny.pt")
+    pr.add_argument("--model", help=f"checkpoint (.pt) or ONNX export (.onnx); default {DEFAULT_MODEL}")
     pr.add_argument("--image", required=True, help="RGB image (PNG/JPEG)")
     pr.add_argument("--calib", help="KITTI calib.txt (P2 and Tr); default: KITTI's odometry calibration")
     pr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
@@ -112,7 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay-eval", help="replay a bag through the node (own process) and score it")
     rp.add_argument("--bag", required=True)
-    rp.add_argument("--checkpoint", help="default: the shipped models/student_tiny.pt")
+    rp.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
     rp.add_argument("--rate", type=float, help="play at the recorded timing x RATE (default: as fast as consumed)")
     rp.add_argument("--out", help="also record images and predictions to this bag")
     rp.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
@@ -120,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the end-to-end demo (make demo): synthetic bag -> node -> scores + pictures")
     demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--checkpoint", help="default: the shipped models/student_tiny.pt")
+    demo.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
     demo.add_argument("--frames", type=int, default=20)
 
     abl = sub.add_parser("ablation", help="train and score the ablation variants; writes docs/results.md")
@@ -139,7 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bback = bench_sub.add_parser("backends", help="the default report: torch vs onnxruntime side by side")
     for b, defaults in ((bench, (None, 20, 20, None)), (bback, (argparse.SUPPRESS,) * 4)):
         # The subcommand's copies must not overwrite what was given before its name: SUPPRESS.
-        b.add_argument("--checkpoint", default=defaults[0], help="default: models/student_tiny.pt")
+        b.add_argument("--checkpoint", default=defaults[0], help=f"default: {DEFAULT_MODEL}")
         b.add_argument("--frames", type=int, default=defaults[1], help="timed frames per backend (default 20)")
         b.add_argument("--e2e-frames", type=int, default=defaults[2], help="frames for the node's end-to-end rate")
         b.add_argument("--json", default=defaults[3], help="also write the figures to this JSON file")
@@ -179,13 +181,13 @@ def _build_parser() -> argparse.ArgumentParser:
     btrain.add_argument("--warmup", type=int, default=3, help="steps not timed first (default 3)")
     btrain.add_argument("--json", help="also write the figures to this JSON file")
     bsoak = bench_sub.add_parser("soak", help="a long replay through the node: memory growth and drops")
-    bsoak.add_argument("--checkpoint", help="default: models/student_tiny.pt")
+    bsoak.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL}")
     bsoak.add_argument("--frames", type=int, default=1000)
     bsoak.add_argument("--rate", type=float, default=0.0, help="Hz; 0: lock step (next frame on each grid)")
     bsoak.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     bsoak.add_argument("--json", help="also write the figures to this JSON file")
     bnode = bench_sub.add_parser("node", help="per-stage latency and end-to-end rate of the occupancy node")
-    bnode.add_argument("--checkpoint", help="default: models/student_tiny.pt (untrained student_tiny if absent)")
+    bnode.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL} (untrained student_tiny if absent)")
     bnode.add_argument("--frames", type=int, default=20)
     return parser
 

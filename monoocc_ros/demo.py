@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from monoocc_ros.bev import bev_image, legend_image, side_by_side
 from monoocc_ros.classes import CLASS_COLORS_RGB
-from monoocc_ros.paths import package_file, use_local_dds
-from monoocc_ros.viz import bev_image, legend_image, side_by_side
+from monoocc_ros.dds import use_local_dds
+from monoocc_ros.paths import default_model
 
 DEMO_SEED = 2026  # not a training seed (models/README.md lists those)
 
@@ -50,7 +51,7 @@ def render_3d(labels: np.ndarray, path: Path, size: tuple[int, int] = (960, 540)
     renderer.scene.set_background([1.0, 1.0, 1.0, 1.0])
     renderer.scene.add_geometry("prediction", voxels, mat)
     renderer.setup_camera(55.0, [22.0, 0.0, -1.0], [-14.0, 0.0, 16.0], [0.0, 0.0, 1.0])
-    o3d.io.write_image(str(path), renderer.render_to_image())
+    o3d.io.write_image(path, renderer.render_to_image())
 
 
 def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, frames: int = 20) -> int:
@@ -66,7 +67,7 @@ def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, fr
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
+    ckpt = Path(checkpoint) if checkpoint else default_model()
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} not found; train one (models/README.md) or pass --checkpoint")
     data, bag, pred = out / "data", out / "bag", out / "pred"
@@ -83,7 +84,7 @@ def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, fr
 
     print("[4/4] pictures ...")
     store = typestore()
-    gt = load_ground_truth(bag)
+    gt = load_ground_truth(bag).labels
     preds = {}
     for _, msgtype, _, raw in read_bag(pred, [PRED_TOPIC]):
         msg = store.deserialize_cdr(raw, msgtype)
@@ -95,7 +96,7 @@ def run_demo(out_dir: str | Path = "demo_out", checkpoint: str | None = None, fr
         stamp = stamps[k]
         frame = times.index(stamp) if stamp in times else k
         image = np.asarray(Image.open(data / "sequences/08/image_2" / f"{frame:06d}.png").convert("RGB"))
-        image = np.asarray(Image.fromarray(image).resize((620, 188), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize((620, 188), Image.Resampling.BILINEAR))
         panels = [
             _titled(image, f"camera, frame {frame}"),
             _titled(bev_image(preds[stamp], 1), "prediction (top view)"),

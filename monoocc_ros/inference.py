@@ -32,8 +32,11 @@ import torch
 if TYPE_CHECKING:
     import onnxruntime
 
+    from monoocc_ros.model.monoocc import MonoOcc
+
 from monoocc_ros.geometry import (
     SEMANTIC_KITTI_GRID,
+    GridSpec,
     in_image,
     project_points,
     to_homogeneous,
@@ -62,26 +65,28 @@ def resolve_device(device: str) -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def camera_view_mask(intrinsics: np.ndarray, extrinsic: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """(256, 256, 32) bool: SemanticKITTI voxels whose centre projects onto a pixel of an image of
-    `image_hw` (H, W) in front of the camera. Cached per camera (it rarely changes)."""
+def camera_view_mask(
+    intrinsics: np.ndarray, extrinsic: np.ndarray, image_hw: tuple[int, int], grid: GridSpec = SEMANTIC_KITTI_GRID
+) -> np.ndarray:
+    """`grid.shape` bool (SemanticKITTI's: 256x256x32): voxels whose centre projects onto a pixel of
+    an image of `image_hw` (H, W) in front of the camera. Cached per camera (it rarely changes)."""
     k = np.asarray(intrinsics, dtype=np.float64)
     k = np.concatenate([k, np.zeros((3, 1))], 1) if k.shape == (3, 3) else k
     projection = k @ to_homogeneous(extrinsic)
-    return _view_mask(projection.tobytes(), int(image_hw[0]), int(image_hw[1]))
+    return _view_mask(projection.tobytes(), int(image_hw[0]), int(image_hw[1]), grid)
 
 
 @functools.lru_cache(maxsize=4)
-def _view_mask(projection: bytes, height: int, width: int) -> np.ndarray:
+def _view_mask(projection: bytes, height: int, width: int, grid: GridSpec) -> np.ndarray:
     p = np.frombuffer(projection, dtype=np.float64).reshape(3, 4)
-    uv, depth = project_points(SEMANTIC_KITTI_GRID.voxel_centers().reshape(-1, 3), p)
-    mask = ((depth > 0) & in_image(uv, width, height)).reshape(SEMANTIC_KITTI_GRID.shape)
+    uv, depth = project_points(grid.voxel_centers().reshape(-1, 3), p)
+    mask = ((depth > 0) & in_image(uv, width, height)).reshape(grid.shape)
     mask.flags.writeable = False  # shared by every caller through the cache
     return mask
 
 
 def expand_to_full_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(X, Y, Z) at a coarser grid -> the SemanticKITTI grid by repeating each voxel."""
+    """(X, Y, Z) at a coarser grid -> the model's grid (`ModelConfig.grid`) by repeating each voxel."""
     from monoocc_ros.model.head import repeat_voxels
 
     return repeat_voxels(x[None], factor)[0]
@@ -92,7 +97,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: str = "auto", half_precision: bool = False) -> None:
+    def __init__(self, model: MonoOcc, device: str = "auto", half_precision: bool = False) -> None:
         if model.cfg.is_teacher:
             raise ValueError(
                 f"{model.cfg.name} is a multi-frame teacher ({model.cfg.frame_offsets}); "
@@ -224,11 +229,14 @@ class Predictor:
     def __init__(self, backend: TorchBackend | OnnxRuntimeBackend) -> None:
         self.backend = backend
         self.cfg: ModelConfig = backend.cfg
+        # What the predictor publishes: the model's grid, from its config (checkpoint or ONNX
+        # metadata), not the dataset's file grid.
+        self.grid: GridSpec = self.cfg.grid
         self.input_size = backend.input_size
         self.device = backend.device
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, device: str = "auto", half_precision: bool = False) -> Predictor:
+    def from_model(cls, model: MonoOcc, device: str = "auto", half_precision: bool = False) -> Predictor:
         return cls(TorchBackend(model, device, half_precision))
 
     @classmethod
@@ -285,9 +293,9 @@ class Predictor:
         return self.postprocess(self.infer(self.prepare(image, intrinsics, extrinsic)))
 
     def postprocess(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-        """The output grid's (labels, confidence) -> numpy on the SemanticKITTI grid."""
+        """The output grid's (labels, confidence) -> numpy on the model's grid (`self.grid`)."""
         labels, confidence = grid[0][0], grid[1][0]
-        factor = SEMANTIC_KITTI_GRID.shape[0] // labels.shape[0]
+        factor = self.grid.shape[0] // labels.shape[0]
         labels = expand_to_full_grid(labels.to(torch.uint8), factor)
         confidence = expand_to_full_grid(confidence, factor)
         return labels.cpu().numpy(), confidence.cpu().numpy().astype(np.float32, copy=False)

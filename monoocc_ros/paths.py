@@ -1,4 +1,4 @@
-"""Where the package's own files are, and the DDS settings for processes it starts on one machine.
+"""Where the package's own files are: shipped files, the default model, the caches.
 
 Files shipped beside the Python package (config/, models/, msg/) live in the source tree when
 running from a checkout or the pip environment of `make setup`, and under
@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
+# The model the node, `predict`, `replay-eval`, the demo and the benchmarks use when given none.
+DEFAULT_MODEL = "models/student_tiny.pt"
 
 
 def package_file(relative: str) -> Path:
@@ -30,15 +32,9 @@ def package_file(relative: str) -> Path:
     return shared if shared.exists() else here
 
 
-def use_local_dds() -> None:
-    """For the processes this package starts itself (benchmarks, bag tools, demo; the tests and the
-    Makefile do the same): DDS discovery on localhost only, and Fast DDS on shared memory with
-    segments large enough for camera images (see config/fastdds_shm.xml). Settings the user has
-    already exported win. Must run before rclpy.init and before child processes start."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    profile = package_file("config/fastdds_shm.xml")
-    if profile.is_file():
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
+def default_model() -> Path:
+    """The shipped default model (`DEFAULT_MODEL`), wherever the package is installed."""
+    return package_file(DEFAULT_MODEL)
 
 
 def cache_dir(kind: str) -> Path:

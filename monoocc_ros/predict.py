@@ -16,13 +16,13 @@ from monoocc_ros.classes import CLASS_NAMES, train_to_raw
 from monoocc_ros.data.formats import read_calib, write_voxel_labels
 from monoocc_ros.geometry import KITTI_CALIB
 from monoocc_ros.inference import Predictor
-from monoocc_ros.paths import package_file
+from monoocc_ros.paths import default_model
 
 
 def main(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    model = Path(args.model) if args.model else package_file("models/student_tiny.pt")
+    model = Path(args.model) if args.model else default_model()
     try:
         calib = read_calib(args.calib) if args.calib else KITTI_CALIB
     except (OSError, ValueError) as exc:
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_voxel_labels(out.with_suffix(".label"), train_to_raw(labels))
-    from monoocc_ros.viz import bev_image, legend_image, side_by_side
+    from monoocc_ros.bev import bev_image, legend_image, side_by_side
 
     Image.fromarray(side_by_side(bev_image(labels), legend_image())).save(out.with_suffix(".png"))
     counts = np.bincount(labels[labels != 255].ravel(), minlength=len(CLASS_NAMES))

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from monoocc_ros.bev import bev_image, legend_image, side_by_side
 from monoocc_ros.data.dataset import load_voxel_target
-from monoocc_ros.viz import bev_image, legend_image, side_by_side
 
 # (name, sequence, frame): chosen by looking at the benchmark's worlds (seed 0 training worlds).
 PICTURES = (("curve", "06", 40), ("intersection", "05", 90))

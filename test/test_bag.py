@@ -13,7 +13,7 @@ from monoocc_ros.bag.replay import replay_eval
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.synth import synthesize
-from monoocc_ros.ros.harness import random_tiny_checkpoint
+from monoocc_ros.testing.harness import random_tiny_checkpoint
 from monoocc_ros.trainer.evaluate import evaluate_checkpoint
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from monoocc_ros.bev import bev_image
 from monoocc_ros.classes import CLASS_COLORS_RGB
-from monoocc_ros.viz import bev_image
 
 
 def test_bev_orientation_and_top_voxel():

@@ -11,7 +11,7 @@ from monoocc_ros.classes import CLASS_NAMES
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
 from monoocc_ros.msg import VoxelGrid
 from monoocc_ros.ros.convert import grid_to_msg, msg_to_grid, quantize_confidence
-from monoocc_ros.ros.dds_probe import reference_grid
+from monoocc_ros.testing.dds_probe import reference_grid
 
 
 def test_round_trip_full_grid_is_exact():

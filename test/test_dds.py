@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monoocc_ros.classes import CLASS_NAMES, CLASS_TABLE_ID
-from monoocc_ros.ros.dds_probe import REFERENCE_FRAME, REFERENCE_STAMP_NS, reference_grid
+from monoocc_ros.testing.dds_probe import REFERENCE_FRAME, REFERENCE_STAMP_NS, reference_grid
 
 
 def test_voxelgrid_between_processes():
@@ -24,7 +24,7 @@ def test_voxelgrid_between_processes():
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     topic = f"/test_dds_{os.getpid()}/voxels"
     pub = subprocess.Popen(
-        [sys.executable, "-m", "monoocc_ros.ros.dds_probe", "publish", "--topic", topic, "--timeout", "60"],
+        [sys.executable, "-m", "monoocc_ros.testing.dds_probe", "publish", "--topic", topic, "--timeout", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

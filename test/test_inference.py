@@ -157,3 +157,42 @@ def test_camera_view_mask_and_field_of_view_policy():
     assert (lab == 9).all() and (conf[~view] == 0).all()
     with pytest.raises(ValueError, match="outside_view must be one of"):
         apply_field_of_view(labels, confidence, view, "guess")
+
+
+def test_the_model_grid_is_what_is_published_and_scored(tmp_path):
+    """The grid comes from the model's config (checkpoint), not from the dataset's file grid: a
+    model made for a coarser, shifted grid publishes that grid, and is refused by training/eval
+    on SemanticKITTI files and by bag scoring against ground truth on another grid."""
+    import dataclasses
+
+    from monoocc_ros.bag.evaluate import GroundTruth
+    from monoocc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
+    from monoocc_ros.model.config import ConfigError
+    from monoocc_ros.ros.convert import msg_to_grid
+    from monoocc_ros.ros.params import default_params
+    from monoocc_ros.ros.pipeline import run_frame
+    from monoocc_ros.testing.harness import camera_info_msg, image_msg
+    from monoocc_ros.trainer.engine import make_dataset
+
+    grid = GridSpec(origin=(2.0, -25.6, -1.6), resolution=0.4, shape=(64, 128, 16))
+    torch.manual_seed(0)
+    model = MonoOcc(dataclasses.replace(load_named_config("student_tiny"), grid=grid)).eval()
+    save_checkpoint(tmp_path / "coarse.pt", model.cfg, model.state_dict())
+    pred = Predictor.from_checkpoint(tmp_path / "coarse.pt", device="cpu")
+    assert pred.grid == grid and pred.cfg.query_grid.shape == (16, 32, 4)
+
+    rgb = np.random.default_rng(2).integers(0, 255, (376, 1241, 3), dtype=np.uint8)
+    stamp = 7_000_000_000
+    img, info = image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], rgb.shape[1], rgb.shape[0], stamp)
+    out = run_frame(pred, img, info, stamp, default_params(), False, False)
+    decoded = msg_to_grid(out.voxels)
+    assert decoded.grid == grid and decoded.labels.shape == (64, 128, 16)
+    # Outside the camera's view (default outside_view: unknown) is judged on this grid: the first
+    # x-slab is 2.0-2.4 m ahead, where the image covers only the middle of the y range.
+    assert (decoded.labels[0, 0] == 255).all() and (decoded.labels[0, 64] != 255).any()
+
+    with pytest.raises(ConfigError, match=r"fills GridSpec\(origin=\(2.0, -25.6, -1.6\).*holds SemanticKITTI"):
+        make_dataset(model.cfg, str(tmp_path), ("00",), (0,))
+    gt = GroundTruth({stamp: np.zeros(SEMANTIC_KITTI_GRID.shape, np.uint8)}, SEMANTIC_KITTI_GRID)
+    with pytest.raises(ValueError, match="cannot be compared"):
+        gt.check_prediction(decoded.grid)

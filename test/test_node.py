@@ -13,7 +13,7 @@ from monoocc_ros.classes import CLASS_NAMES
 from monoocc_ros.data import formats as F
 from monoocc_ros.geometry import IMAGE_HEIGHT, IMAGE_WIDTH, KITTI_CALIB
 from monoocc_ros.ros.convert import msg_to_grid
-from monoocc_ros.ros.harness import Harness, camera_info_msg, image_msg, random_tiny_checkpoint, start_node, stop_node
+from monoocc_ros.testing.harness import Harness, camera_info_msg, image_msg, random_tiny_checkpoint, start_node
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +44,19 @@ def _run_frames(checkpoint, frames, ns):
     proc = start_node(checkpoint, ns)
     h = Harness(ns)
     try:
-        assert h.wait_for_node(proc), stop_node(proc)
+        assert h.wait_for_node(proc), proc.stop()
         # the node's markers/points publishers need to see our subscriptions
         assert h.spin_until(lambda: h.node.count_publishers(f"{ns}/occupancy_node/output/markers") > 0, 30, proc)
         h.spin_until(lambda: False, 1.0)
         for i, (rgb, p, stamp) in enumerate(frames):
             h.send(image_msg(rgb, stamp), camera_info_msg(p, rgb.shape[1], rgb.shape[0], stamp))
-            assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), stop_node(proc)
+            assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), proc.stop()
             _check_grid(h.voxels[i], stamp, p, rgb.shape[:2])
         assert h.spin_until(lambda: len(h.markers) >= len(frames) and len(h.points) >= len(frames), 30, proc)
         return h.voxels, h.markers, h.points
     finally:
         h.close()
-        log = stop_node(proc)
+        log = proc.stop()
         assert proc.returncode == 0, log
 
 
@@ -129,7 +129,7 @@ def test_node_survives_malformed_input(checkpoint):
     proc = start_node(checkpoint, ns)
     h = Harness(ns)
     try:
-        assert h.wait_for_node(proc), stop_node(proc)
+        assert h.wait_for_node(proc), proc.stop()
         h.spin_until(lambda: False, 1.0)
         stamp, answered, goods = 10_000_000_000, 0, 0
         for i in range(50):
@@ -141,7 +141,7 @@ def test_node_survives_malformed_input(checkpoint):
                 stamp += 1_000_000
                 goods += 1
                 h.send(image_msg(good_rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], 1241, 376, stamp))
-                assert h.spin_until(lambda g=goods: len(h.voxels) >= g, 90, proc), stop_node(proc)
+                assert h.spin_until(lambda g=goods: len(h.voxels) >= g, 90, proc), proc.stop()
                 assert msg_to_grid(h.voxels[-1]).stamp_ns == stamp
                 answered += 1
         assert answered == goods == 5
@@ -150,7 +150,7 @@ def test_node_survives_malformed_input(checkpoint):
         assert len(h.voxels) == 5
     finally:
         h.close()
-        log = stop_node(proc)
+        log = proc.stop()
     assert "not supported" in log and "zero focal length" in log
 
 
@@ -169,7 +169,7 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
     diags = []
     h.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     try:
-        assert h.wait_for_node(proc), stop_node(proc)
+        assert h.wait_for_node(proc), proc.stop()
         assert h.spin_until(
             lambda: any(
                 s.name == f"{ns}/occupancy_node: occupancy"
@@ -202,11 +202,11 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
         rgb = np.zeros((376, 1241, 3), np.uint8)
         stamp = 7_000_000_000
         h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], 1241, 376, stamp))
-        assert h.spin_until(lambda: len(h.voxels) == 1, 90, proc), stop_node(proc)
+        assert h.spin_until(lambda: len(h.voxels) == 1, 90, proc), proc.stop()
         assert msg_to_grid(h.voxels[0]).stamp_ns == stamp
     finally:
         h.close()
-        log = stop_node(proc)
+        log = proc.stop()
     assert "cannot load" in log and "nope.pt" in log
 
 
@@ -227,7 +227,7 @@ def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_p
     proc = start_node(checkpoint, ns, ["-p", "backend:=onnxruntime"])
     h = Harness(ns, visualization=False)
     try:
-        assert h.wait_for_node(proc, 120), stop_node(proc)
+        assert h.wait_for_node(proc, 120), proc.stop()
         h.spin_until(lambda: False, 1.0)
         for i, stamp in enumerate((8_000_000_000, 8_100_000_000)):
             if i == 1:
@@ -237,12 +237,12 @@ def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_p
                 assert h.spin_until(future.done, 60, proc)
                 assert future.result().results[0].successful
             h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], IMAGE_WIDTH, IMAGE_HEIGHT, stamp))
-            assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), stop_node(proc)
+            assert h.spin_until(lambda i=i: len(h.voxels) > i, 90, proc), proc.stop()
             grid = msg_to_grid(h.voxels[i])
             assert grid.stamp_ns == stamp
             assert (grid.labels[view] == expected[view]).mean() >= 0.999 and (grid.labels[~view] == 255).all()
     finally:
         h.close()
-        log = stop_node(proc)
+        log = proc.stop()
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx")), "the checkpoint was not exported to the cache"
     assert "onnxruntime (CPUExecutionProvider)" in log and "torch on cpu" in log, log

@@ -147,6 +147,23 @@ def test_dataset_item(synth_root):
     assert item["meta"] == {"sequence": "00", "frame": 1, "stamp": pytest.approx(0.1)}
 
 
+def test_zero_frame_offsets_need_no_poses(synth_root, tmp_path):
+    """Offsets that are all 0 (a teacher config's own frame only) work without poses.txt: every
+    view is the current frame, as with poses."""
+    import shutil
+
+    root = tmp_path / "noposes"
+    shutil.copytree(synth_root, root)
+    (root / "sequences" / "00" / "poses.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"poses\.txt is needed for frame offsets"):
+        SemanticKITTIDataset(DatasetConfig(str(root), ("00",), frame_offsets=(-1, 0)))
+    item = SemanticKITTIDataset(DatasetConfig(str(root), ("00",), frame_offsets=(0, 0)))[2]
+    assert item["other_images"].shape[0] == 2
+    for k in range(2):
+        torch.testing.assert_close(item["other_images"][k], item["image"])
+        torch.testing.assert_close(item["other_projections"][k], item["projection"])
+
+
 def test_dataset_on_real_sequence(realdata_seq00):
     """The real seq 00 sample has images, scans and point labels but no voxel .label files."""
     root = realdata_seq00.parents[1]

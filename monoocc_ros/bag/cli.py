@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from monoocc_ros.paths import use_local_dds
+from monoocc_ros.dds import use_local_dds
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,16 +27,17 @@ from monoocc_ros.bag.io import (
     transform_message,
     typestore,
 )
-from monoocc_ros.classes import CLASS_NAMES, CLASS_TABLE_ID, IGNORE, raw_to_train
+from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+from monoocc_ros.ros.convert import voxelgrid_fields
+from monoocc_ros.ros.stamps import ns_to_sec_nanosec
 
 DEFAULT_START_TIME = 1_700_000_000.0  # s; any fixed, non-zero epoch keeps bags reproducible
 
 
 def _header(store, stamp_ns: int, frame: str):
     h = store.types
-    sec, nsec = divmod(stamp_ns, 1_000_000_000)
+    sec, nsec = ns_to_sec_nanosec(stamp_ns)
     return h["std_msgs/msg/Header"](stamp=h["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame)
 
 
@@ -59,18 +60,17 @@ def camera_info_message(store, p2: np.ndarray, width: int, height: int, stamp_ns
 
 
 def voxelgrid_message(store, labels: np.ndarray, stamp_ns: int, frame: str = "velodyne", confidence=None):
+    """A rosbags VoxelGrid of SemanticKITTI-file labels (`voxelgrid_fields` checks and fills it)."""
     t = store.types
-    g = SEMANTIC_KITTI_GRID
+    f = voxelgrid_fields(labels, F.FILE_GRID, confidence)
     pose = t["geometry_msgs/msg/Pose"](
-        position=t["geometry_msgs/msg/Point"](x=g.origin[0], y=g.origin[1], z=g.origin[2]),
+        position=t["geometry_msgs/msg/Point"](x=f.origin[0], y=f.origin[1], z=f.origin[2]),
         orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
     )
     return t[VOXELGRID_TYPE](
-        header=_header(store, stamp_ns, frame), origin=pose, resolution=g.resolution,
-        size_x=g.shape[0], size_y=g.shape[1], size_z=g.shape[2], axis_order=0,
-        labels=np.ascontiguousarray(labels, np.uint8).reshape(-1), class_table=CLASS_TABLE_ID,
-        class_names=list(CLASS_NAMES),
-        confidence=np.zeros(0, np.uint8) if confidence is None else np.ascontiguousarray(confidence).reshape(-1),
+        header=_header(store, stamp_ns, frame), origin=pose, resolution=f.resolution,
+        size_x=f.size[0], size_y=f.size[1], size_z=f.size[2], axis_order=f.axis_order,
+        labels=f.labels, class_table=f.class_table, class_names=list(f.class_names), confidence=f.confidence,
     )  # fmt: skip
 
 

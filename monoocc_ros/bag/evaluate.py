@@ -10,12 +10,15 @@ import numpy as np
 
 from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, PRED_TOPIC, typestore
 from monoocc_ros.bag.play import read_bag
+from monoocc_ros.geometry import GridSpec
 from monoocc_ros.metrics import SSCMetrics, SSCScores
 from monoocc_ros.ros.convert import msg_to_grid
+from monoocc_ros.ros.stamps import stamp_to_ns
 
 
 def header_stamp(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    """A message's header stamp in nanoseconds (the key predictions and ground truth share)."""
+    return stamp_to_ns(msg.header.stamp)
 
 
 @dataclass
@@ -51,15 +54,33 @@ class ReplayScores:
         return "\n".join(lines)
 
 
-def load_ground_truth(gt_bag: str | Path, topic: str = GT_TOPIC) -> dict[int, np.ndarray]:
+@dataclass
+class GroundTruth:
+    """A bag's ground-truth grids: labels by header stamp, on one grid."""
+
+    labels: dict[int, np.ndarray]
+    grid: GridSpec
+
+    def check_prediction(self, grid: GridSpec) -> None:
+        """A prediction is scored only on the ground truth's own grid (a model trained on another
+        grid publishes another one: `ModelConfig.grid`)."""
+        if grid != self.grid:
+            raise ValueError(f"the predictions cover {grid}, the ground truth {self.grid}: they cannot be compared")
+
+
+def load_ground_truth(gt_bag: str | Path, topic: str = GT_TOPIC) -> GroundTruth:
     store = typestore()
     out = {}
+    grids = set()
     for _, msgtype, _, raw in read_bag(gt_bag, [topic]):
         grid = msg_to_grid(store.deserialize_cdr(raw, msgtype))
         out[grid.stamp_ns] = grid.labels.copy()
+        grids.add(grid.grid)
     if not out:
         raise ValueError(f"{gt_bag} has no messages on {topic}")
-    return out
+    if len(grids) > 1:
+        raise ValueError(f"{gt_bag}: the ground truth on {topic} changes grid ({sorted(map(str, grids))})")
+    return GroundTruth(out, grids.pop())
 
 
 def score_bags(
@@ -82,10 +103,11 @@ def score_bags(
             continue
         if stamp in image_time:
             latency.append((ts - image_time[stamp]) / 1e6)
-        if stamp not in gt or stamp in seen:
+        if stamp not in gt.labels or stamp in seen:
             continue
         grid = msg_to_grid(msg)
-        metrics.update(grid.labels, gt[stamp])
+        gt.check_prediction(grid.grid)
+        metrics.update(grid.labels, gt.labels[stamp])
         seen.add(stamp)
-    lost = sorted(set(gt) - seen)
+    lost = sorted(set(gt.labels) - seen)
     return ReplayScores(metrics.scores(), len(seen), lost, latency)

@@ -17,6 +17,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from monoocc_ros.errors import one_line
 from monoocc_ros.paths import package_file
+from monoocc_ros.ros.stamps import ns_to_sec_nanosec
 
 VOXELGRID_TYPE = "monoocc_ros/msg/VoxelGrid"
 IMAGE_TOPIC = "/camera/image_raw"
@@ -52,7 +53,7 @@ def transform_message(store, grid_to_camera: np.ndarray, stamp_ns: int, camera_f
     t = store.types
     m = np.asarray(grid_to_camera, dtype=np.float64)
     qx, qy, qz, qw = rotation_to_quaternion(m[:3, :3])
-    sec, nsec = divmod(stamp_ns, 1_000_000_000)
+    sec, nsec = ns_to_sec_nanosec(stamp_ns)
     header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
                                       frame_id=camera_frame)  # fmt: skip
     transform = t["geometry_msgs/msg/Transform"](

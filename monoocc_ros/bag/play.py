@@ -18,6 +18,7 @@ from rosbags.interfaces import QosDurability, QosReliability
 from tqdm import tqdm
 
 from monoocc_ros.bag.io import RELIABLE_QOS, VOXELGRID_TYPE, open_reader, open_writer, python_msg_class, typestore
+from monoocc_ros.ros.stamps import set_stamp
 
 
 def read_bag(path: str | Path, topics: list[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
@@ -35,7 +36,8 @@ def bag_topics(path: str | Path) -> dict[str, tuple[str, object]]:
     with open_reader(path) as reader:
         out = {}
         for c in reader.connections:
-            qos = c.ext.offered_qos_profiles[0] if getattr(c.ext, "offered_qos_profiles", None) else None
+            profiles = getattr(c.ext, "offered_qos_profiles", None)  # rosbag2 connections only
+            qos = profiles[0] if profiles else None
             out[c.topic] = (c.msgtype, qos)
         return out
 
@@ -75,7 +77,7 @@ class Player:
             from rosgraph_msgs.msg import Clock
 
             msg = Clock()
-            msg.clock.sec, msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
+            set_stamp(msg.clock, stamp_ns)
             self.clock_pub.publish(msg)
 
     def publish(self, topic: str, stamp_ns: int, raw: bytes) -> None:
@@ -125,7 +127,7 @@ def flush_to_disk(writer) -> None:
     other rosbags versions are left alone."""
     storage = getattr(writer, "storage", None)
     chunk = getattr(storage, "chunk", None)
-    if chunk is None or not hasattr(storage, "close_chunk") or not hasattr(storage, "bio"):
+    if storage is None or chunk is None or not hasattr(storage, "close_chunk") or not hasattr(storage, "bio"):
         return
     if any(chunk.msgs.values()):  # a chunk without messages would have no valid time range
         storage.close_chunk()

@@ -10,18 +10,15 @@ then SIGKILL), so no orphan survives an error or Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from monoocc_ros.bag.evaluate import ReplayScores, header_stamp, load_ground_truth
+from monoocc_ros.bag.evaluate import GroundTruth, ReplayScores, header_stamp, load_ground_truth
 from monoocc_ros.bag.io import (
     GT_TOPIC,
     IMAGE_TOPIC,
@@ -35,11 +32,11 @@ from monoocc_ros.bag.io import (
     typestore,
 )
 from monoocc_ros.bag.play import Player, bag_topics, read_bag
-from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID, to_homogeneous
+from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID, GridSpec, to_homogeneous
 from monoocc_ros.inference import camera_view_mask
 from monoocc_ros.metrics import RegionMetrics
-from monoocc_ros.paths import package_file
 from monoocc_ros.ros.convert import msg_to_grid
+from monoocc_ros.ros.process import NodeProcess, start_node
 
 
 def bag_extrinsic(bag: Path, topics: dict, progress: bool = True) -> np.ndarray:
@@ -56,54 +53,24 @@ def bag_extrinsic(bag: Path, topics: dict, progress: bool = True) -> np.ndarray:
     return to_homogeneous(KITTI_CALIB["Tr"])
 
 
-def _view_of(store, info_raw: bytes | None, extrinsic: np.ndarray) -> np.ndarray:
-    """The camera's field of view on the grid, from a CameraInfo (all True without one)."""
+def _view_of(store, info_raw: bytes | None, extrinsic: np.ndarray, grid: GridSpec) -> np.ndarray:
+    """The camera's field of view on `grid`, from a CameraInfo (all True without one)."""
     if not info_raw:
-        return np.ones(SEMANTIC_KITTI_GRID.shape, bool)
+        return np.ones(grid.shape, bool)
     info = store.deserialize_cdr(info_raw, "sensor_msgs/msg/CameraInfo")
     p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    return camera_view_mask(p, extrinsic, (int(info.height), int(info.width)))
+    return camera_view_mask(p, extrinsic, (int(info.height), int(info.width)), grid)
 
 
-def start_node_process(checkpoint: str | None, extra_params: list[str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args",
-           "--params-file", str(package_file("config/occ.yaml")),
-           "-p", "use_sim_time:=true", "-p", "device:=cpu",
-           "-r", f"~/input/image:={IMAGE_TOPIC}", "-r", f"~/input/camera_info:={INFO_TOPIC}"]  # fmt: skip
+def node_args(checkpoint: str | None, extra_params: list[str] | None = None) -> list[str]:
+    """The replayed node's ROS arguments: simulated time, the CPU, the bag's topics."""
+    args = ["-p", "use_sim_time:=true", "-p", "device:=cpu",
+            "-r", f"~/input/image:={IMAGE_TOPIC}", "-r", f"~/input/camera_info:={INFO_TOPIC}"]  # fmt: skip
     if checkpoint:
-        cmd += ["-p", f"checkpoint:={checkpoint}"]
+        args += ["-p", f"checkpoint:={checkpoint}"]
     for p in extra_params or []:
-        cmd += ["-p", p]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # The node's log goes to a temporary file, not a pipe: nobody reads a pipe during the replay,
-    # and a node blocked on a full one would stop answering. Own session: the whole process
-    # group can be signalled, nothing is left behind.
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    proc._monoocc_log = log  # type: ignore[attr-defined]  # read back by _log_of
-    return proc
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> str:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-    return _log_of(proc)
-
-
-def _log_of(proc: subprocess.Popen) -> str:
-    """What the node printed so far (its log file, see `start_node_process`)."""
-    log = proc.stdout if proc.stdout is not None else getattr(proc, "_monoocc_log", None)
-    if log is None:
-        return ""
-    log.seek(0)
-    return log.read()
+        args += ["-p", p]
+    return args
 
 
 def replay_eval(
@@ -122,27 +89,28 @@ def replay_eval(
     for t in (IMAGE_TOPIC, INFO_TOPIC):
         if t not in topics:
             raise ValueError(f"{bag} has no {t}; make one with `monoocc bag from-dataset`")
-    gt = load_ground_truth(bag) if GT_TOPIC in topics else {}
+    gt = load_ground_truth(bag) if GT_TOPIC in topics else None
     frames, first_info = _read_frames(bag)
     extrinsic = bag_extrinsic(bag, topics, progress)
     # The full grid is scored as offline eval scores it (outside_view predict), and the camera's
     # view beside it; the node runs with this data's extrinsic.
     params = ["outside_view:=predict", f"grid_to_camera:={[float(v) for v in extrinsic.reshape(-1)]}"]
-    replay = _Replay(bag, gt, _view_of(typestore(), first_info, extrinsic), out)
+    grid = gt.grid if gt is not None else SEMANTIC_KITTI_GRID
+    replay = _Replay(bag, gt, _view_of(typestore(), first_info, extrinsic, grid), out)
     try:
-        proc = start_node_process(checkpoint, [*params, *(node_params or [])])
+        node = start_node(node_args(checkpoint, [*params, *(node_params or [])]))
     except BaseException:
         replay.close()
         raise
     try:
-        replay.run(proc, frames, rate, timeout, progress)
+        replay.run(node, frames, rate, timeout, progress)
     finally:
         try:
             replay.close()
         finally:
-            log = stop_process(proc)  # always: no node process outlives the replay
-    if proc.returncode not in (0, -signal.SIGINT):
-        raise RuntimeError(f"the node exited with {proc.returncode}:\n{log[-3000:]}")
+            log = node.stop()  # always: no node process outlives the replay
+    if node.returncode not in (0, -signal.SIGINT):
+        raise RuntimeError(f"the node exited with {node.returncode}:\n{log[-3000:]}")
     return replay.scores(frames)
 
 
@@ -175,16 +143,16 @@ def _read_frames(bag: Path) -> tuple[list[tuple[int, bytes, bytes]], bytes | Non
 class _Replay:
     """This process's side of a replay: publishes the frames, receives, records and scores grids."""
 
-    def __init__(self, bag: Path, gt: dict, view, out: str | Path | None) -> None:
+    def __init__(self, bag: Path, gt: GroundTruth | None, view, out: str | Path | None) -> None:
         import rclpy
 
         from monoocc_ros.msg import VoxelGrid
 
-        self.bag, self.gt, self.view, self.store = bag, gt, view, typestore()
+        self.bag, self.gt, self.view, self.store = bag, gt or GroundTruth({}, SEMANTIC_KITTI_GRID), view, typestore()
         self.received: dict[int, int] = {}  # stamp -> arrival (ns)
         self.sent: dict[int, int] = {}
         self.metrics = RegionMetrics()
-        self.proc: subprocess.Popen | None = None
+        self.node_process: NodeProcess | None = None
         self.writer = None
         rclpy.init()
         try:
@@ -213,15 +181,17 @@ class _Replay:
         self.received[stamp] = now
         if self.writer is not None:
             self.writer.write(self.c_pred, now, raw)
-        if stamp in self.gt:
-            self.metrics.update(msg_to_grid(msg).labels, self.gt[stamp], None, self.view)
+        if stamp in self.gt.labels:
+            grid = msg_to_grid(msg)
+            self.gt.check_prediction(grid.grid)
+            self.metrics.update(grid.labels, self.gt.labels[stamp], None, self.view)
 
     def _spin(self, t: float) -> None:
         import rclpy
 
         rclpy.spin_once(self.node, timeout_sec=t)
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError("the node exited:\n" + _log_of(self.proc))
+        if self.node_process is not None and self.node_process.poll() is not None:
+            raise RuntimeError("the node exited:\n" + self.node_process.log())
 
     def _wait_for_node(self) -> None:
         deadline = time.monotonic() + 120
@@ -233,10 +203,10 @@ class _Replay:
             self._spin(0.1)
         self._spin(0.5)
 
-    def run(self, proc: subprocess.Popen, frames: list, rate: float | None, timeout: float, progress: bool) -> None:
+    def run(self, node: NodeProcess, frames: list, rate: float | None, timeout: float, progress: bool) -> None:
         """Play every frame: at the recorded timing scaled by `rate`, or (no rate) each frame
         after the previous one's grid arrived (or `timeout`)."""
-        self.proc = proc
+        self.node_process = node
         self._wait_for_node()
         t0 = time.monotonic()
         bag_t0 = frames[0][0] if frames else 0
@@ -272,4 +242,4 @@ class _Replay:
     def scores(self, frames: list) -> ReplayScores:
         lost = sorted(s for s, _, _ in frames if s not in self.received)
         latency = [(self.received[s] - self.sent[s]) / 1e6 for s in self.sent if s in self.received]
-        return ReplayScores(self.metrics.scores(), sum(1 for s in self.received if s in self.gt), lost, latency)
+        return ReplayScores(self.metrics.scores(), sum(1 for s in self.received if s in self.gt.labels), lost, latency)

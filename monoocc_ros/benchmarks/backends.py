@@ -35,10 +35,14 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monoocc_ros.benchmarks.report import markdown_table
+
+if TYPE_CHECKING:
+    from monoocc_ros.inference import Grid
 
 MEMORY_FRAMES = 5  # frames whose peak memory is measured, in runs of their own
 STAGES = ("backbone", "depth", "proposal", "cross", "self_attn", "icca", "head")
@@ -191,7 +195,7 @@ def _parity(a, b) -> tuple[float, float, float]:
 
 def run(checkpoint: str | None, frames: int, e2e_frames: int, json_out: str | None) -> int:
     from monoocc_ros.benchmarks.node import _checkpoint
-    from monoocc_ros.paths import use_local_dds
+    from monoocc_ros.dds import use_local_dds
 
     use_local_dds()
     ckpt, label = _checkpoint(checkpoint)
@@ -263,7 +267,7 @@ class _Backends:
         self.mems: dict[str, list[float]] = defaultdict(list)
         self.parity: list[tuple[float, float, float]] = []
 
-    def timed(self, name: str, prep) -> tuple[float, object]:
+    def timed(self, name: str, prep) -> tuple[float, Grid]:
         import torch
 
         cuda = "cuda" in name

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monoocc_ros.benchmarks.report import markdown_table
-from monoocc_ros.geometry import KITTI_CALIB, SEMANTIC_KITTI_GRID
+from monoocc_ros.geometry import KITTI_CALIB
 from monoocc_ros.model.config import ModelConfig, load_named_config
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.monoocc import LABEL_STRIDE, MonoOcc
@@ -65,7 +65,7 @@ def made_up_batch(cfg: ModelConfig, batch: int, dev: torch.device) -> dict[str, 
     g = torch.Generator(device="cpu").manual_seed(0)
     out = {}
     for scale in {1, cfg.output_scale, cfg.logits_scale, cfg.query_scale}:
-        shape = tuple(s // scale for s in SEMANTIC_KITTI_GRID.shape)
+        shape = tuple(s // scale for s in cfg.grid.shape)
         labels = torch.randint(0, cfg.num_classes, (batch, *shape), generator=g)
         labels[torch.rand(labels.shape, generator=g) < 0.7] = 0  # mostly empty, as the real grids
         out[target_key(scale)] = labels.to(dev)

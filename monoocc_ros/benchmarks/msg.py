@@ -14,7 +14,7 @@ import sys
 import time
 
 from monoocc_ros.benchmarks.report import markdown_table, summarize
-from monoocc_ros.paths import use_local_dds
+from monoocc_ros.dds import use_local_dds
 
 
 def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]]:
@@ -24,7 +24,7 @@ def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]
 
     from monoocc_ros.msg import VoxelGrid
     from monoocc_ros.ros.convert import grid_to_msg, msg_to_grid
-    from monoocc_ros.ros.dds_probe import reference_grid
+    from monoocc_ros.testing.dds_probe import reference_grid
 
     labels, confidence = reference_grid()
     to_msg, to_msg_conf, from_msg = [], [], []
@@ -38,6 +38,7 @@ def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]
         to_msg_conf.append((time.perf_counter() - t0) * 1e3)
         t0 = time.perf_counter()
         out = msg_to_grid(msg)
+        assert out.confidence is not None  # the message was built with confidence
         out.labels.copy()
         out.confidence.copy()
         from_msg.append((time.perf_counter() - t0) * 1e3)
@@ -47,7 +48,7 @@ def run(repeats: int = 50, dds_messages: int = 20) -> dict[str, dict[str, float]
         [
             sys.executable,
             "-m",
-            "monoocc_ros.ros.dds_probe",
+            "monoocc_ros.testing.dds_probe",
             "receive",
             "--topic",
             topic,

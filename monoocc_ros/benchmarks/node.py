@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from monoocc_ros.benchmarks.report import markdown_table
-from monoocc_ros.paths import package_file, use_local_dds
+from monoocc_ros.dds import use_local_dds
+from monoocc_ros.paths import DEFAULT_MODEL, default_model
 
 
 def _frame() -> np.ndarray:
@@ -33,9 +34,9 @@ def _frame() -> np.ndarray:
 def _checkpoint(path: str | None) -> tuple[Path, str]:
     if path:
         return Path(path), Path(path).name
-    shipped = package_file("models/student_tiny.pt")
+    shipped = default_model()
     if shipped.is_file():
-        return shipped, "models/student_tiny.pt"
+        return shipped, DEFAULT_MODEL
     import torch
 
     from monoocc_ros.checkpoint import save_checkpoint
@@ -46,7 +47,7 @@ def _checkpoint(path: str | None) -> tuple[Path, str]:
     model = MonoOcc(load_named_config("student_tiny"))
     out = Path(tempfile.gettempdir()) / "monoocc_bench_random_student_tiny.pt"
     save_checkpoint(out, model.cfg, model.state_dict())
-    return out, "student_tiny (untrained: models/student_tiny.pt not found)"
+    return out, f"student_tiny (untrained: {DEFAULT_MODEL} not found)"
 
 
 def main(checkpoint: str | None = None, frames: int = 20, e2e_frames: int = 20) -> int:
@@ -65,7 +66,7 @@ def main(checkpoint: str | None = None, frames: int = 20, e2e_frames: int = 20) 
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     rgb = _frame()
     values = default_params()
-    from monoocc_ros.ros.harness import camera_info_msg, image_msg
+    from monoocc_ros.testing.harness import camera_info_msg, image_msg
 
     stamp = 1_000_000_000
     img, info = image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], rgb.shape[1], rgb.shape[0], stamp)
@@ -116,7 +117,7 @@ def _end_to_end(ckpt: Path, rgb: np.ndarray, n: int, extra: list[str] | None = N
     from visualization_msgs.msg import MarkerArray
 
     from monoocc_ros.geometry import KITTI_CALIB
-    from monoocc_ros.ros.harness import Harness, camera_info_msg, image_msg, start_node, stop_node
+    from monoocc_ros.testing.harness import Harness, camera_info_msg, image_msg, start_node
 
     ns = f"/bench{os.getpid()}{'v' if viz else ''}"
     proc = start_node(ckpt, ns, extra)
@@ -127,17 +128,18 @@ def _end_to_end(ckpt: Path, rgb: np.ndarray, n: int, extra: list[str] | None = N
         h.node.create_subscription(PointCloud2, f"{out}/points", h.points.append, 10, raw=True)
     try:
         if not h.wait_for_node(proc, 60):
-            raise RuntimeError("node did not start:\n" + stop_node(proc))
+            raise RuntimeError("node did not start:\n" + proc.stop())
         h.spin_until(lambda: False, 1.0)
         t0 = None
         for i in range(n + 1):
             stamp = 1_000_000_000 + i * 100_000_000
             h.send(image_msg(rgb, stamp), camera_info_msg(KITTI_CALIB["P2"], rgb.shape[1], rgb.shape[0], stamp))
             if not h.spin_until(lambda i=i: len(h.voxels) > i, 60, proc):
-                raise RuntimeError("node did not answer:\n" + stop_node(proc))
+                raise RuntimeError("node did not answer:\n" + proc.stop())
             if i == 0:
                 t0 = time.perf_counter()  # the first frame warms up
+        assert t0 is not None  # set in the first iteration (i == 0)
         return n / (time.perf_counter() - t0)
     finally:
         h.close()
-        stop_node(proc)
+        proc.stop()

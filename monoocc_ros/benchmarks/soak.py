@@ -17,7 +17,7 @@ from pathlib import Path
 
 from monoocc_ros.benchmarks.backends import resident_bytes
 from monoocc_ros.benchmarks.report import markdown_table
-from monoocc_ros.paths import use_local_dds
+from monoocc_ros.dds import use_local_dds
 
 WARMUP = 10  # frames before the starting RSS is read: first-call allocations are not a leak
 
@@ -33,8 +33,8 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
 
     from monoocc_ros.benchmarks.backends import _frames
     from monoocc_ros.benchmarks.node import _checkpoint
-    from monoocc_ros.ros.harness import Harness, camera_info_msg, image_msg, start_node, stop_node
     from monoocc_ros.ros.node import diagnostic_status_name
+    from monoocc_ros.testing.harness import Harness, camera_info_msg, image_msg, start_node
 
     ckpt, label = _checkpoint(checkpoint)
     data = _frames(20)
@@ -56,7 +56,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
     samples: list[tuple[int, float]] = []
     try:
         if not h.wait_for_node(proc, 120):
-            raise RuntimeError("node did not start:\n" + stop_node(proc))
+            raise RuntimeError("node did not start:\n" + proc.stop())
         h.spin_until(lambda: False, 1.0)
         t_start = time.monotonic()
         every = max(1, frames // 10)
@@ -68,7 +68,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
                 due = t_start + (i + 1) / rate
                 h.spin_until(lambda due=due: time.monotonic() >= due, max(0.0, due - time.monotonic()) + 0.01, proc)
             elif not h.spin_until(lambda i=i, got=received: got + len(h.voxels) > i, 120, proc):
-                raise RuntimeError(f"node did not answer frame {i}:\n" + stop_node(proc))
+                raise RuntimeError(f"node did not answer frame {i}:\n" + proc.stop())
             received += len(h.voxels)
             h.voxels.clear()  # keep this process flat too: 4 MB per grid
             if i + 1 == WARMUP or (i + 1) % every == 0:
@@ -81,7 +81,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
         samples.append((frames, node_rss_mib(proc.pid)))
     finally:
         h.close()
-        log = stop_node(proc)
+        log = proc.stop()
         cache.cleanup()
     values = {kv.key: kv.value for s in diags for kv in s.values}
     start = next(r for n, r in samples if n >= WARMUP)

@@ -35,7 +35,6 @@ from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.errors import one_line
 from monoocc_ros.geometry import (
-    SEMANTIC_KITTI_GRID,
     camera_pose_to_lidar,
     lidar_projection,
     other_frame_projection,
@@ -137,8 +136,8 @@ def load_voxel_target(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     """(target, invalid) of one frame from `voxels/NNNNNN.label` and `.invalid`: target (X, Y, Z)
     uint8 train ids, 255 where ignored or invalid; invalid (X, Y, Z) bool. The Dataset and the
     image-free controls both read targets here, so a control is scored on exactly the model's."""
-    target = raw_to_train(F.read_voxel_labels(stem.with_suffix(".label"), SEMANTIC_KITTI_GRID.shape))
-    invalid = F.read_voxel_bits(stem.with_suffix(".invalid"), SEMANTIC_KITTI_GRID.shape)
+    target = raw_to_train(F.read_voxel_labels(stem.with_suffix(".label"), F.FILE_GRID.shape))
+    invalid = F.read_voxel_bits(stem.with_suffix(".invalid"), F.FILE_GRID.shape)
     np.putmask(target, invalid, IGNORE)  # in place: raw_to_train returns a new uint8 array
     return target, invalid
 
@@ -226,7 +225,7 @@ class SemanticKITTIDataset(Dataset):
         first bad file and how many there are: a corrupt download fails at once, not at hour 3."""
         from tqdm import tqdm
 
-        n = int(np.prod(SEMANTIC_KITTI_GRID.shape))
+        n = F.FILE_GRID.num_voxels
         bad: list[str] = []
         for name, frame in tqdm(self.items, desc="checking files", unit="frame", disable=not progress, leave=False):
             seq = self.sequences[name]
@@ -266,7 +265,8 @@ class SemanticKITTIDataset(Dataset):
     def lidar_evidence(self, name: str, frame: int) -> np.ndarray:
         """`lidar_evidence` of one frame: the scans at `lidar_offsets` in this frame's LiDAR frame,
         log(1 + returns) per voxel of the reduced grid."""
-        seq, grid = self.sequences[name], SEMANTIC_KITTI_GRID.scaled(self.cfg.lidar_scale)
+        seq, grid = self.sequences[name], F.FILE_GRID.scaled(self.cfg.lidar_scale)
+        assert seq.poses is not None  # __init__ requires poses.txt for lidar_offsets
         here = np.linalg.inv(camera_pose_to_lidar(seq.poses[frame], seq.calib["Tr"]))
         counts = np.zeros(grid.num_voxels, np.float32)
         for j in sorted({frame + off for off in self.cfg.lidar_offsets}):
@@ -320,7 +320,11 @@ class SemanticKITTIDataset(Dataset):
             imgs, projs = [], []
             for off in cfg.frame_offsets:
                 j = self.other_frame(name, frame, off)
-                p = other_frame_projection(seq.calib["P2"], seq.calib["Tr"], seq.poses[frame], seq.poses[j])
+                # Without poses.txt (__init__ allows that only for offsets that are all 0) every
+                # "other" frame is this one (`other_frame`), seen from where it was taken.
+                pose_here = seq.poses[frame] if seq.poses is not None else np.eye(4)
+                pose_there = seq.poses[j] if seq.poses is not None else pose_here
+                p = other_frame_projection(seq.calib["P2"], seq.calib["Tr"], pose_here, pose_there)
                 img, p = self._image(seq, j, p)
                 imgs.append(_to_tensor(img))
                 projs.append(torch.from_numpy(p.astype(np.float32)))

@@ -19,19 +19,23 @@ import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from monoocc_ros.classes import IGNORE, NUM_CLASSES
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
 
 PathLike = str | os.PathLike
-GRID_SHAPE = SEMANTIC_KITTI_GRID.shape
+# The grid of SemanticKITTI's voxel files (.bin/.label/.invalid/.occluded): fixed by the format.
+# A model's own grid is its config's (`ModelConfig.grid`); training and scoring need them equal.
+FILE_GRID = SEMANTIC_KITTI_GRID
+GRID_SHAPE = FILE_GRID.shape
 
 
 class FormatError(ValueError):
     """A file does not have the size or content its format requires."""
 
 
-def _read_exact(path: PathLike, dtype: np.dtype, count: int) -> np.ndarray:
+def _read_exact(path: PathLike, dtype: npt.DTypeLike, count: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -42,7 +46,7 @@ def _read_exact(path: PathLike, dtype: np.dtype, count: int) -> np.ndarray:
     return np.fromfile(path, dtype=dtype)
 
 
-def _read_records(path: PathLike, dtype: np.dtype, record: int) -> np.ndarray:
+def _read_records(path: PathLike, dtype: npt.DTypeLike, record: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -164,7 +168,7 @@ def read_calib(path: PathLike, require_tr: bool = True) -> dict[str, np.ndarray]
         raw[key] = nums.reshape(3, -1)
     if "P2" not in raw:
         raise FormatError(f"{path}: no P2 (the left colour camera's 3x4 projection); found {sorted(raw) or 'nothing'}")
-    out = {k: raw[k] for k in ("P0", "P1", "P2", "P3") if k in raw}
+    out: dict[str, np.ndarray] = {k: raw[k] for k in ("P0", "P1", "P2", "P3") if k in raw}
     if "Tr" in raw:
         tr = raw["Tr"]
     elif "Tr_velo_to_cam" in raw:

@@ -1,8 +1,10 @@
 """Model configuration: typed dataclasses loaded from YAML (`config/model/*.yaml`), validated once.
 
-The grid's physical extent always comes from `monoocc_ros.geometry.SEMANTIC_KITTI_GRID` and
-the classes from `monoocc_ros.classes`; a config only chooses how finely to divide it
-(`output_scale`, `query_scale`: voxel size as a multiple of 0.2 m).
+The grid a model fills is the config's `grid` (extent, finest voxel, shape), stored in every
+checkpoint and exported file: the node publishes and `eval` scores that grid, whatever the
+dataset's files hold (`monoocc_ros.geometry.SEMANTIC_KITTI_GRID`, the default). The config chooses
+how finely the network divides it (`output_scale`, `query_scale`: voxel size as a multiple of the
+grid's); the classes come from `monoocc_ros.classes`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ class LossConfig:
     distill_temperature: float = 2.0
 
 
+def grid_to_dict(grid: GridSpec) -> dict[str, Any]:
+    """A grid as plain YAML/JSON values."""
+    return {"origin": list(grid.origin), "resolution": grid.resolution, "shape": list(grid.shape)}
+
+
+def grid_from_dict(data: Any, source: str) -> GridSpec:
+    """A `grid:` mapping (origin [x, y, z] m, resolution m, shape [X, Y, Z]) as a GridSpec."""
+    check_keys(GridSpec, data, source, "grid", required=("origin", "resolution", "shape"))
+    origin, resolution, shape = data["origin"], data["resolution"], data["shape"]
+    if not (isinstance(origin, list | tuple) and len(origin) == 3 and all(isinstance(v, int | float) for v in origin)):
+        raise ConfigError(f"{source}: grid.origin must be three numbers (metres), got {origin!r}")
+    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
+        raise ConfigError(f"{source}: grid.shape must be three integers, got {shape!r}")
+    if not isinstance(resolution, int | float):
+        raise ConfigError(f"{source}: grid.resolution must be a number (metres), got {resolution!r}")
+    try:
+        return GridSpec(origin=tuple(origin), resolution=resolution, shape=tuple(shape))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -108,6 +131,9 @@ class ModelConfig:
     # depth, and every query knows how many returns fell in its voxel.
     privileged_lidar: tuple[int, ...] = ()
     loss: LossConfig = field(default_factory=LossConfig)
+    # The grid the model's output covers at `output_scale` 1 (what it publishes). Checkpoints
+    # written before this key existed were all trained on SemanticKITTI's grid, the default.
+    grid: GridSpec = SEMANTIC_KITTI_GRID
 
     def __post_init__(self) -> None:
         """Validated once, here: each rule raises a ConfigError naming the key."""
@@ -135,8 +161,8 @@ class ModelConfig:
             if getattr(self, key) < 0:
                 raise self._bad(key, "must be >= 0")
         for key, scale in (("output_scale", self.output_scale), ("query_scale", self.query_scale)):
-            if any(s % scale for s in SEMANTIC_KITTI_GRID.shape):
-                raise self._bad(key, f"({scale}) must divide the grid {SEMANTIC_KITTI_GRID.shape}")
+            if any(s % scale for s in self.grid.shape):
+                raise self._bad(key, f"({scale}) must divide the grid {self.grid.shape}")
 
     def _check_head(self) -> None:
         if self.head not in HEADS:
@@ -159,7 +185,8 @@ class ModelConfig:
 
     @property
     def output_grid(self) -> GridSpec:
-        return SEMANTIC_KITTI_GRID.scaled(self.output_scale)
+        """The grid of the network's occupancy output (`predict_grid` repeats it onto `grid`)."""
+        return self.grid.scaled(self.output_scale)
 
     @property
     def logits_scale(self) -> int:
@@ -168,7 +195,7 @@ class ModelConfig:
 
     @property
     def query_grid(self) -> GridSpec:
-        return SEMANTIC_KITTI_GRID.scaled(self.query_scale)
+        return self.grid.scaled(self.query_scale)
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +210,7 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["frame_offsets"] = list(self.frame_offsets)
         d["privileged_lidar"] = list(self.privileged_lidar)
+        d["grid"] = grid_to_dict(self.grid)
         return d
 
     @classmethod
@@ -196,6 +224,8 @@ class ModelConfig:
                 if not isinstance(data[key], list | tuple) or not all(isinstance(v, int) for v in data[key]):
                     raise ConfigError(f"{source}: {key} must be a list of integers, got {data[key]!r}")
                 data[key] = tuple(data[key])
+        if "grid" in data:
+            data["grid"] = grid_from_dict(data["grid"], source)
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         for key, value in data.items():
             if types[key] in ("int",) and not isinstance(value, int):

@@ -30,11 +30,12 @@ from visualization_msgs.msg import MarkerArray
 
 from monoocc_ros.errors import one_line
 from monoocc_ros.msg import VoxelGrid
-from monoocc_ros.paths import package_file
+from monoocc_ros.paths import default_model
 from monoocc_ros.ros.camera import MAX_PIXELS, InputError
 from monoocc_ros.ros.diagnostics import WINDOW_S, Inputs, NodeStats, RateWindow, assess
 from monoocc_ros.ros.params import PARAM_BY_NAME, PARAMS, NodeParams, cuda_errors, validate_params
 from monoocc_ros.ros.pipeline import run_frame
+from monoocc_ros.ros.stamps import stamp_to_ns
 from monoocc_ros.ros.sync import StampPairer
 
 
@@ -122,7 +123,7 @@ class OccupancyNode(Node):
         """Load a model without touching the one serving; raises with the reason."""
         from monoocc_ros.inference import Predictor
 
-        path = Path(checkpoint) if checkpoint else package_file("models/student_tiny.pt")
+        path = Path(checkpoint) if checkpoint else default_model()
         self.loading = f"loading {path} on backend {backend}"
         try:
             predictor = Predictor.load(path, backend, self.params.device, self.params.half_precision)
@@ -166,7 +167,7 @@ class OccupancyNode(Node):
     # --- inputs ---------------------------------------------------------------------
     @staticmethod
     def _stamp_ns(msg) -> int:
-        return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        return stamp_to_ns(msg.header.stamp)
 
     def _on_image(self, msg) -> None:
         self._offer(self.pairer.add_image(self._stamp_ns(msg), msg))
@@ -192,6 +193,7 @@ class OccupancyNode(Node):
                 if self._stop:
                     return
                 pair, self._pending = self._pending, None
+            assert pair is not None  # the wait ends on a pending pair, or on _stop (returned above)
             try:
                 self._process(*pair)
             except InputError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from monoocc_ros.geometry import KITTI_CALIB
+from monoocc_ros.paths import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ DEFAULT_EXTRINSIC = [float(v) for v in KITTI_CALIB["Tr"].reshape(-1)]
 # tests, and printed in the README and by --help.
 PARAMS: tuple[Param, ...] = (
     Param("checkpoint", str, "", "Model checkpoint (.pt), or an ONNX model (.onnx, backend onnxruntime). Empty: "
-          "the shipped models/student_tiny.pt. Changing it at run time reloads the model.", runtime=True),
+          f"the shipped {DEFAULT_MODEL}. Changing it at run time reloads the model.", runtime=True),
     Param("backend", str, "torch", "torch (eager PyTorch) or onnxruntime (CUDA/TensorRT providers when installed, "
           "else CPU); a .pt checkpoint is exported to ONNX once and cached. Changing it reloads the model.",
           runtime=True),
@@ -222,7 +223,8 @@ class NodeParams:
         missing = [p.name for p in PARAMS if p.name not in values]
         if missing or errors:
             raise ValueError("invalid parameters: " + "; ".join(errors + [f"{m} is missing" for m in missing]))
-        return cls(**{p.name: tuple(values[p.name]) if p.type is list else values[p.name] for p in PARAMS})
+        kwargs: dict[str, Any] = {p.name: tuple(values[p.name]) if p.type is list else values[p.name] for p in PARAMS}
+        return cls(**kwargs)
 
     def replace(self, **changes: Any) -> NodeParams:
         return NodeParams.of({**dataclasses.asdict(self), **changes})

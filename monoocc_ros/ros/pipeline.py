@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
 from monoocc_ros.inference import Predictor, camera_view_mask
 from monoocc_ros.ros.camera import InputError, camera_image, image_to_rgb
 from monoocc_ros.ros.convert import grid_to_msg, quantize_confidence
@@ -58,7 +57,7 @@ def run_frame(
 ) -> FrameOutputs:
     """`params`: the node's parameters (grid_frame, grid_to_camera, confidence_threshold,
     publish_confidence, max_marker_cubes, outside_view are used). Raises InputError for unusable messages."""
-    t = {}
+    t: dict[str, float] = {}
     t0 = time.perf_counter()
     rgb, intrinsics = camera_image(info_msg, image_to_rgb(image_msg), params.image_is_rectified)
     extrinsic = np.asarray(params.grid_to_camera, dtype=np.float64).reshape(4, 4)
@@ -69,7 +68,8 @@ def run_frame(
         raise InputError(str(exc)) from exc
     t2 = time.perf_counter()
     labels, confidence = predictor.postprocess(predictor.infer(prepared))
-    view = camera_view_mask(intrinsics, extrinsic, rgb.shape[:2])
+    grid = predictor.grid  # the model's grid (its config), published whatever the training files held
+    view = camera_view_mask(intrinsics, extrinsic, rgb.shape[:2], grid)
     labels, confidence = apply_field_of_view(labels, confidence, view, params.outside_view)
     labels = apply_confidence_threshold(labels, confidence, params.confidence_threshold)
     t3 = time.perf_counter()
@@ -77,13 +77,13 @@ def run_frame(
     header.stamp = image_msg.header.stamp
     header.frame_id = params.grid_frame
     conf = quantize_confidence(confidence) if params.publish_confidence else None
-    voxels = grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, confidence=conf)
+    voxels = grid_to_msg(labels, stamp_ns=stamp_ns, frame_id=header.frame_id, grid=grid, confidence=conf)
     t4 = time.perf_counter()
     # Markers and points as serialized bytes (ros/cdr.py): publishing bytes skips building one
     # Python object per cube and rclpy's serialization of them.
-    markers = markers_cdr(labels, SEMANTIC_KITTI_GRID, header, params.max_marker_cubes) if want_markers else None
+    markers = markers_cdr(labels, grid, header, params.max_marker_cubes) if want_markers else None
     t5 = time.perf_counter()
-    points = pointcloud_cdr(labels, SEMANTIC_KITTI_GRID, header) if want_points else None
+    points = pointcloud_cdr(labels, grid, header) if want_points else None
     t6 = time.perf_counter()
     t.update(decode=t1 - t0, preprocess=t2 - t1, inference=t3 - t2, voxel_message=t4 - t3, markers=t5 - t4,
              points=t6 - t5)  # fmt: skip

@@ -1,9 +1,9 @@
 """Helper processes for cross-process DDS checks of VoxelGrid (used by tests and `monoocc bench msg`).
 
-python -m monoocc_ros.ros.dds_probe publish --topic T [--timeout S]
+python -m monoocc_ros.testing.dds_probe publish --topic T [--timeout S]
     publishes `reference_grid()` once, reliable + transient-local, and stays alive
     (so a late subscriber still gets it) until killed or the timeout passes.
-python -m monoocc_ros.ros.dds_probe receive --topic T --count N
+python -m monoocc_ros.testing.dds_probe receive --topic T --count N
     receives N grids and prints one JSON line: one-way latencies (ms) measured from
     each message's header stamp (same machine, same clock) and decode times.
 """
@@ -18,8 +18,9 @@ import time
 import numpy as np
 
 from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+from monoocc_ros.ros.stamps import NS_PER_S, stamp_to_ns
 
-REFERENCE_STAMP_NS = 1_234 * 1_000_000_000 + 5_678
+REFERENCE_STAMP_NS = 1_234 * NS_PER_S + 5_678
 REFERENCE_FRAME = "velodyne"
 
 
@@ -28,8 +29,8 @@ def reference_grid() -> tuple[np.ndarray, np.ndarray]:
     that breaks if axes are permuted) and a uint8 confidence grid."""
     n = SEMANTIC_KITTI_GRID.num_voxels
     idx = np.arange(n, dtype=np.int64)
-    labels = (idx * 7 + idx // 97) % 21
-    labels = np.where(labels == 20, 255, labels).astype(np.uint8).reshape(SEMANTIC_KITTI_GRID.shape)
+    ids = (idx * 7 + idx // 97) % 21
+    labels = np.where(ids == 20, 255, ids).astype(np.uint8).reshape(SEMANTIC_KITTI_GRID.shape)
     confidence = ((idx * 13) % 256).astype(np.uint8).reshape(SEMANTIC_KITTI_GRID.shape)
     return labels, confidence
 
@@ -81,7 +82,7 @@ def _receive(topic: str, count: int, timeout: float) -> int:
 
     def on_grid(msg) -> None:
         now = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         latencies.append((now - stamp) / 1e6)
         t0 = time.perf_counter()
         msg_to_grid(msg).labels.copy()
@@ -100,7 +101,7 @@ def _receive(topic: str, count: int, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m monoocc_ros.ros.dds_probe",
+        prog="python -m monoocc_ros.testing.dds_probe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

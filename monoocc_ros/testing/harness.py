@@ -1,12 +1,10 @@
-"""Helpers that run the occupancy node as its own process and talk to it over real DDS: used by
-the node tests, `monoocc bench node` and the bag tools' checks. Messages are built from arrays."""
+"""The test side of the node over real DDS: camera messages built from arrays, a test node that
+publishes them and collects the node's outputs, an untrained checkpoint, and the node started with
+the shared launcher (`monoocc_ros.ros.process`). Used by the node tests and `monoocc bench node`."""
 
 from __future__ import annotations
 
 import array
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,9 @@ import torch
 from monoocc_ros.checkpoint import save_checkpoint
 from monoocc_ros.model.config import load_named_config
 from monoocc_ros.model.monoocc import MonoOcc
-from monoocc_ros.paths import package_file
+from monoocc_ros.ros.process import NodeProcess
+from monoocc_ros.ros.process import start_node as start_node_process
+from monoocc_ros.ros.stamps import set_stamp
 
 
 def random_tiny_checkpoint(path: Path) -> Path:
@@ -27,34 +27,22 @@ def random_tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args",
-        "--params-file", str(package_file("config/occ.yaml")),
+def start_node(checkpoint: Path, ns: str, extra: list[str] | None = None) -> NodeProcess:
+    """The node in namespace `ns`, reading `ns`/camera/*, on the CPU; `extra`: more ROS arguments.
+    Stop it with `.stop()` (its whole process group; returns the log)."""
+    return start_node_process([
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
         "-r", f"__ns:={ns}",
         "-r", f"~/input/image:={ns}/camera/image_raw", "-r", f"~/input/camera_info:={ns}/camera/camera_info",
         *(extra or []),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def stop_node(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT, as ros2 launch does
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.stdout.read() if proc.stdout else ""
+    ])  # fmt: skip
 
 
 def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8"):
     from sensor_msgs.msg import Image
 
     msg = Image()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    set_stamp(msg.header.stamp, stamp_ns)
     msg.header.frame_id = "camera"
     msg.height, msg.width = rgb.shape[:2]
     msg.encoding = encoding
@@ -69,7 +57,7 @@ def camera_info_msg(p: np.ndarray, width: int, height: int, stamp_ns: int):
     from sensor_msgs.msg import CameraInfo
 
     msg = CameraInfo()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    set_stamp(msg.header.stamp, stamp_ns)
     msg.header.frame_id = "camera"
     msg.width, msg.height = width, height
     msg.p = [float(v) for v in np.asarray(p, dtype=np.float64).reshape(-1)]
@@ -93,14 +81,16 @@ class Harness:
         self.node = rclpy.create_node("test_harness", namespace=ns)
         self.pub_image = self.node.create_publisher(Image, f"{ns}/camera/image_raw", qos_profile_sensor_data)
         self.pub_info = self.node.create_publisher(CameraInfo, f"{ns}/camera/camera_info", qos_profile_sensor_data)
-        self.voxels, self.markers, self.points = [], [], []
+        self.voxels: list = []
+        self.markers: list = []
+        self.points: list = []
         out = f"{ns}/occupancy_node/output"
         self.node.create_subscription(VoxelGrid, f"{out}/voxels", self.voxels.append, 10)
         if visualization:  # the node builds markers and points only while someone subscribes
             self.node.create_subscription(MarkerArray, f"{out}/markers", self.markers.append, 10)
             self.node.create_subscription(PointCloud2, f"{out}/points", self.points.append, 10)
 
-    def spin_until(self, cond, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    def spin_until(self, cond, timeout: float, proc: NodeProcess | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():
@@ -110,7 +100,7 @@ class Harness:
             self.rclpy.spin_once(self.node, timeout_sec=0.05)
         return cond()
 
-    def wait_for_node(self, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    def wait_for_node(self, proc: NodeProcess, timeout: float = 60.0) -> bool:
         return self.spin_until(
             lambda: self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0,
             timeout,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from monoocc_ros.classes import IGNORE, NUM_CLASSES
 from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset, list_sequences, load_voxel_target
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+from monoocc_ros.data.formats import FILE_GRID
 from monoocc_ros.metrics import RegionMetrics, SSCScores
 from monoocc_ros.paths import cache_dir
 
@@ -75,7 +75,7 @@ def count_classes(files: list[Path], progress: bool = True) -> np.ndarray:
     """(NUM_CLASSES, X*Y*Z) how often each voxel was each class over the frames, counting only
     valid voxels (not ignored, not invalid). uint16 (84 MB for the full grid) as long as no
     count can overflow it."""
-    n = SEMANTIC_KITTI_GRID.num_voxels
+    n = FILE_GRID.num_voxels
     dtype = np.uint16 if len(files) < np.iinfo(np.uint16).max else np.uint32
     counts = np.zeros((NUM_CLASSES, n), dtype)
     flat = counts.reshape(-1)
@@ -91,7 +91,7 @@ def count_classes(files: list[Path], progress: bool = True) -> np.ndarray:
 def compute_prior(files: list[Path], progress: bool = True) -> np.ndarray:
     """(X, Y, Z) uint8: each voxel's most frequent valid class, ties to the lowest id; a voxel
     never observed valid is 0 (empty), argmax's answer for all-zero counts."""
-    return count_classes(files, progress).argmax(0).astype(np.uint8).reshape(SEMANTIC_KITTI_GRID.shape)
+    return count_classes(files, progress).argmax(0).astype(np.uint8).reshape(FILE_GRID.shape)
 
 
 def _read_cached(path: Path) -> np.ndarray | None:
@@ -103,7 +103,7 @@ def _read_cached(path: Path) -> np.ndarray | None:
             prior = data["prior"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    return prior if prior.shape == SEMANTIC_KITTI_GRID.shape and prior.dtype == np.uint8 else None
+    return prior if prior.shape == FILE_GRID.shape and prior.dtype == np.uint8 else None
 
 
 def _write_cached(path: Path, prior: np.ndarray) -> None:
@@ -265,6 +265,7 @@ class ControlReport:
             lines.append("in the camera's view only:")
             for label, s in rows:
                 v = s.in_view
+                assert v is not None  # checked by the all() above
                 lines.append(f"{label:<18}{v.completion_iou:11.2f}{v.miou:8.2f}{v.precision:11.2f}{v.recall:8.2f}")
         drop = "n/a (model mIoU is 0)" if self.relative_drop is None else f"{self.relative_drop:.1f} %"
         lines.append(

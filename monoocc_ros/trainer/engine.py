@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -44,10 +45,11 @@ from monoocc_ros.data.dataset import (
     list_sequences,
     load_splits,
 )
-from monoocc_ros.geometry import SEMANTIC_KITTI_GRID
+from monoocc_ros.data.formats import FILE_GRID
+from monoocc_ros.geometry import GridSpec
 from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import RegionMetrics, SSCScores
-from monoocc_ros.model.config import ModelConfig
+from monoocc_ros.model.config import ConfigError, ModelConfig
 from monoocc_ros.model.losses import MonoOccLoss
 from monoocc_ros.model.memory import configure_memory
 from monoocc_ros.model.monoocc import MonoOcc
@@ -55,6 +57,10 @@ from monoocc_ros.paths import cache_dir
 from monoocc_ros.preprocess import network_input_size
 from monoocc_ros.trainer.config import TrainConfig
 from monoocc_ros.trainer.teacher_cache import teacher_outputs
+
+if TYPE_CHECKING:
+    from monoocc_ros.trainer.controls import OtherImageDataset
+    from monoocc_ros.trainer.teacher_cache import WithTeacherOutputs
 
 
 @dataclass
@@ -122,6 +128,11 @@ def make_dataset(
 ) -> SemanticKITTIDataset:
     """The Dataset a model trains or is scored on; `offsets` / `lidar_offsets`: the frames and
     accumulated scans a teacher sees (its own, or the one distilling into this student)."""
+    if model_cfg.grid != FILE_GRID:
+        raise ConfigError(
+            f"model {model_cfg.name!r} fills {model_cfg.grid}, but {root} holds SemanticKITTI files on "
+            f"{FILE_GRID}: a model is trained and scored on data of its own grid"
+        )
     scales = sorted({model_cfg.output_scale, model_cfg.logits_scale, model_cfg.query_scale} - {1})
     return SemanticKITTIDataset(
         DatasetConfig(
@@ -157,24 +168,24 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def expand_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(B, X, Y, Z) labels at a model's output grid -> (B, 256, 256, 32) on the SemanticKITTI grid."""
+def expand_labels(labels: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+    """(B, X, Y, Z) labels at a model's output grid -> (B, *grid.shape) on its full grid."""
     from monoocc_ros.model.head import repeat_voxels
 
-    return repeat_voxels(labels, SEMANTIC_KITTI_GRID.shape[0] // labels.shape[1])
+    return repeat_voxels(labels, grid.shape[0] // labels.shape[1])
 
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module,
-    dataset: Dataset,
+    model: MonoOcc,
+    dataset: SemanticKITTIDataset | OtherImageDataset,
     device: torch.device,
     predictions_root: Path | None = None,
     progress: bool = True,
     amp: bool = False,
     desc: str = "eval",
 ) -> SSCScores:
-    """SSC metrics on the full 256x256x32 grid (coarser outputs are repeated), as the official
+    """SSC metrics on the full grid (256x256x32; coarser outputs are repeated), as the official
     evaluator, with the same scores inside the camera's view beside them (`.in_view`); optionally
     writes predictions as SemanticKITTI raw-id .label files. `dataset`: a SemanticKITTIDataset or
     a wrapper yielding the same items and `view_mask` (the controls' other-image one)."""
@@ -196,7 +207,7 @@ def evaluate(
         for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
                 labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
-            pred = expand_labels(labels).cpu().numpy().astype("uint8")
+            pred = expand_labels(labels, cfg.grid).cpu().numpy().astype("uint8")
             seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
             view = dataset.view_mask(seq)[None]
             metrics.update(pred, batch["target"].numpy(), batch["invalid"].numpy(), view)
@@ -258,7 +269,8 @@ def _batches(loader: DataLoader, interrupt: threading.Event):
 
 class _CSVLog:
     def __init__(self, path: Path) -> None:
-        self.path, self.fields = path, None
+        self.path = path
+        self.fields: list[str] | None = None
 
     def write(self, row: dict) -> None:
         new = not self.path.exists()
@@ -325,7 +337,7 @@ def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) ->
 
 def training_set(
     cfg: TrainConfig, model_cfg: ModelConfig, teacher: MonoOcc | None, dev: torch.device, info: DistInfo
-) -> tuple[Dataset, MonoOcc | None]:
+) -> tuple[SemanticKITTIDataset | WithTeacherOutputs, MonoOcc | None]:
     """The training Dataset, and the teacher to run live in each step: None when there is no
     teacher or its outputs come from the cache (`teacher_cache`, trainer/teacher_cache.py)."""
     from monoocc_ros.checkpoint import sha256
@@ -340,8 +352,9 @@ def training_set(
         return make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar), teacher
     student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets)
     with_logits = bool(model_cfg.loss.distill_logit)
+    assert cfg.teacher_checkpoint is not None  # load_teacher built the teacher from it
     sha = sha256(cfg.teacher_checkpoint)
-    items = [tuple(i) for i in student_set.items]
+    items = list(student_set.items)
     auto = cfg.teacher_cache == "auto"
     path = cache_dir("teacher") / cache_key(sha, root, items, with_logits) if auto else Path(cfg.teacher_cache)
     if not path.exists() and info.rank == 0:
@@ -508,7 +521,7 @@ class _Run:
         self.loss_fn = MonoOccLoss(model_cfg.loss).to(dev)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[dict] = DistributedSampler(
             self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
         self.steps_per_epoch, self.total_steps = _schedule(cfg, len(self.sampler), len(self.train_set))
@@ -518,7 +531,8 @@ class _Run:
         )
         self.use_amp = cfg.amp and dev.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.step, self.epoch, self.step_in_epoch, self.metrics = 0, 0, 0, {}
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.metrics: dict[str, Any] = {}
         if ckpt is not None and resume:
             self.step, self.epoch, self.step_in_epoch, self.metrics = _restore(
                 ckpt, resume, cfg, self.model, self.optimizer, self.scheduler, self.scaler
