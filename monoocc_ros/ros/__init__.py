@@ -1,4 +1,6 @@
-"""The ROS 2 layer: message conversions, stamp pairing and the occupancy node.
+"""The ROS 2 layer: the occupancy node, its parameters and pipeline, message conversions, stamp
+pairing, and the node as a child process (`process.py`).
 
-Only this subpackage (and `monoocc_ros.bag`) imports rclpy or ROS message types.
+Inside this subpackage only `node.py` and `main.py` import rclpy; outside it, only the modules
+that talk DDS (bag play/record/replay, the node benchmarks, `monoocc_ros.testing`) do.
 """
