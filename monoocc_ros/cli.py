@@ -7,83 +7,104 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from monoocc_ros.paths import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name and help, the function that adds its arguments to its parser,
+    and the function that runs it (exit status)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monoocc",
-        description="monoocc_ros tools: datasets, benchmarks (more subcommands arrive with the trainer and bag tools).",
+        description="monoocc_ros tools: datasets, training, evaluation, export, rosbag2 tools, benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_arguments(sub.add_parser(cmd.name, help=cmd.help))
+    return parser
 
-    synth = sub.add_parser("synth", help="write a procedural synthetic driving dataset (SemanticKITTI layout)")
-    synth.add_argument("--out", required=True, help="dataset root to write (ROOT/sequences/XX/...)")
-    synth.add_argument("--sequences", type=int, default=1, help="number of sequences (default 1)")
-    synth.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
-    synth.add_argument("--seed", type=int, default=0, help="world seed; same seed, same files (default 0)")
-    synth.add_argument("--first-sequence", type=int, default=0, help="number of the first sequence (default 0)")
-    synth.add_argument(
+
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="dataset root to write (ROOT/sequences/XX/...)")
+    p.add_argument("--sequences", type=int, default=1, help="number of sequences (default 1)")
+    p.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="world seed; same seed, same files (default 0)")
+    p.add_argument("--first-sequence", type=int, default=0, help="number of the first sequence (default 0)")
+    p.add_argument(
         "--preset",
         choices=["benchmark"],
         help="benchmark: the named benchmark (training worlds 00-07,09,10 x 100 frames from seed 0, validation "
         "worlds 08,11,12 x 50 frames from seed 1, and splits.yaml); ignores --sequences/--frames/--seed",
     )
 
-    train = sub.add_parser("train", help="train a teacher or a (distilled) student; torchrun for several processes")
-    train.add_argument("--config", required=True, help="training config YAML (config/train/*.yaml)")
-    train.add_argument("--resume", help="checkpoint (last.pt) to continue exactly from")
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (YAML values)")
 
-    st = sub.add_parser("stats", help="what a split's voxel ground truth holds, beside SemanticKITTI's figures")
-    st.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
-    st.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
-    st.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
-    st.add_argument("--every", type=int, default=1, help="use every N-th labelled frame (default 1)")
-    st.add_argument("--json", help="also write the statistics to this JSON file")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training config YAML (config/train/*.yaml)")
+    p.add_argument("--resume", help="checkpoint (last.pt) to continue exactly from")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (YAML values)")
 
-    ev = sub.add_parser("eval", help="SSC metrics of a checkpoint on a SemanticKITTI-format split")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
-    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
-    ev.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
-    ev.add_argument("--predictions", help="write sequences/XX/predictions/NNNNNN.label (raw ids) under this root")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--json", help="also write the scores to this JSON file")
-    ev.add_argument(
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
+    p.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
+    p.add_argument("--every", type=int, default=1, help="use every N-th labelled frame (default 1)")
+    p.add_argument("--json", help="also write the statistics to this JSON file")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
+    p.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
+    p.add_argument("--predictions", help="write sequences/XX/predictions/NNNNNN.label (raw ids) under this root")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument(
         "--controls",
         action="store_true",
         help="also score an image-free prior and the model given another sequence's images, so a scene prior "
         "is not mistaken for perception",
     )
-    ev.add_argument(
+    p.add_argument(
         "--prior-split",
         default="train",
         choices=["train", "val", "test"],
         help="split whose labels build the image-free prior (default train)",
     )
 
-    ex = sub.add_parser(
-        "export", help="a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)"
-    )
-    ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--out", help=f"deployable checkpoint to write (no optimizer state), e.g. {DEFAULT_MODEL}")
-    ex.add_argument("--onnx", help="ONNX model to write (opset 20), for the onnxruntime backend")
-    ex.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help=f"deployable checkpoint to write (no optimizer state), e.g. {DEFAULT_MODEL}")
+    p.add_argument("--onnx", help="ONNX model to write (opset 20), for the onnxruntime backend")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                     help="ONNX input size (default: the config's network input size)")  # fmt: skip
 
-    pr = sub.add_parser("predict", help="occupancy of one image: SemanticKITTI .label file and a BEV picture")
-    pr.add_argument("--model", help=f"checkpoint (.pt) or ONNX export (.onnx); default {DEFAULT_MODEL}")
-    pr.add_argument("--image", required=True, help="RGB image (PNG/JPEG)")
-    pr.add_argument("--calib", help="KITTI calib.txt (P2 and Tr); default: KITTI's odometry calibration")
-    pr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--out", required=True, help="output stem: writes OUT.label (raw ids) and OUT.png")
 
-    bag = sub.add_parser("bag", help="rosbag2 tools: from-dataset, play, record, eval")
-    bag_sub = bag.add_subparsers(dest="bag_command", required=True, metavar="BAGCOMMAND")
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help=f"checkpoint (.pt) or ONNX export (.onnx); default {DEFAULT_MODEL}")
+    p.add_argument("--image", required=True, help="RGB image (PNG/JPEG)")
+    p.add_argument("--calib", help="KITTI calib.txt (P2 and Tr); default: KITTI's odometry calibration")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output stem: writes OUT.label (raw ids) and OUT.png")
+
+
+def _bag_args(p: argparse.ArgumentParser) -> None:
+    bag_sub = p.add_subparsers(dest="bag_command", required=True, metavar="BAGCOMMAND")
     fd = bag_sub.add_parser("from-dataset", help="write a SemanticKITTI-format sequence as a rosbag2")
     fd.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
     fd.add_argument("--sequence", required=True, help="sequence name, e.g. 00")
@@ -112,84 +133,102 @@ def _build_parser() -> argparse.ArgumentParser:
     be.add_argument("--gt-topic", default="/ground_truth/voxels")
     be.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
 
-    rp = sub.add_parser("replay-eval", help="replay a bag through the node (own process) and score it")
-    rp.add_argument("--bag", required=True)
-    rp.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
-    rp.add_argument("--rate", type=float, help="play at the recorded timing x RATE (default: as fast as consumed)")
-    rp.add_argument("--out", help="also record images and predictions to this bag")
-    rp.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
-    rp.add_argument("--json", help="write the scores as JSON")
 
-    demo = sub.add_parser("demo", help="the end-to-end demo (make demo): synthetic bag -> node -> scores + pictures")
-    demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
-    demo.add_argument("--frames", type=int, default=20)
+def _replay_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bag", required=True)
+    p.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
+    p.add_argument("--rate", type=float, help="play at the recorded timing x RATE (default: as fast as consumed)")
+    p.add_argument("--out", help="also record images and predictions to this bag")
+    p.add_argument("--max-lost", type=float, default=0.05, help="exit 1 when more than this fraction is lost")
+    p.add_argument("--json", help="write the scores as JSON")
 
-    abl = sub.add_parser("ablation", help="train and score the ablation variants; writes docs/results.md")
-    abl.add_argument("--data", default="data/benchmark", help="dataset root with splits.yaml (default data/benchmark)")
-    abl.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    abl.add_argument("--steps", type=int, default=1500, help="training steps of every student variant (default 1500)")
-    abl.add_argument("--teacher-steps", type=int, default=3000, help="training steps of the teacher (default 3000)")
-    abl.add_argument("--out", default="runs/ablation")
-    abl.add_argument("--results", default="docs/results.md")
-    abl.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
 
-    bench = sub.add_parser(
-        "bench", help="benchmarks; without WHAT: the torch vs onnxruntime report (latency, memory, stages, node rate)"
-    )
-    bench_sub = bench.add_subparsers(dest="what", metavar="WHAT")
-    bback = bench_sub.add_parser("backends", help="the default report: torch vs onnxruntime side by side")
-    for b, defaults in ((bench, (None, 20, 20, None)), (bback, (argparse.SUPPRESS,) * 4)):
-        # The subcommand's copies must not overwrite what was given before its name: SUPPRESS.
-        b.add_argument("--checkpoint", default=defaults[0], help=f"default: {DEFAULT_MODEL}")
-        b.add_argument("--frames", type=int, default=defaults[1], help="timed frames per backend (default 20)")
-        b.add_argument("--e2e-frames", type=int, default=defaults[2], help="frames for the node's end-to-end rate")
-        b.add_argument("--json", default=defaults[3], help="also write the figures to this JSON file")
-    bmsg = bench_sub.add_parser("msg", help="VoxelGrid conversion and cross-process DDS latency")
-    bmsg.add_argument("--json", help="also write the figures to this JSON file")
-    bmodel = bench_sub.add_parser("model", help="parameters, forward latency and peak memory per model config")
-    bmodel.add_argument("--configs", nargs="+", help="config names (default: all four shipped configs)")
-    bmodel.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    bmodel.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
-    bmodel.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
-    bmodel.add_argument("--json", help="also write the figures to this JSON file")
-    bmem = bench_sub.add_parser(
-        "memory", help="peak memory of one training step and of inference per config (batch 1; RSS or CUDA peak)"
-    )
-    bmem.add_argument(
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--checkpoint", help=f"default: the shipped {DEFAULT_MODEL}")
+    p.add_argument("--frames", type=int, default=20)
+
+
+def _ablation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/benchmark", help="dataset root with splits.yaml (default data/benchmark)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--steps", type=int, default=1500, help="training steps of every student variant (default 1500)")
+    p.add_argument("--teacher-steps", type=int, default=3000, help="training steps of the teacher (default 3000)")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--results", default="docs/results.md")
+    p.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
+
+
+def _backends_options(p: argparse.ArgumentParser, defaults: tuple) -> None:
+    p.add_argument("--checkpoint", default=defaults[0], help=f"default: {DEFAULT_MODEL}")
+    p.add_argument("--frames", type=int, default=defaults[1], help="timed frames per backend (default 20)")
+    p.add_argument("--e2e-frames", type=int, default=defaults[2], help="frames for the node's end-to-end rate")
+    p.add_argument("--json", default=defaults[3], help="also write the figures to this JSON file")
+
+
+def _backends_suppressed(p: argparse.ArgumentParser) -> None:
+    # `bench backends` repeats `bench`'s options: its copies must not overwrite what was given
+    # before its name, so their defaults are SUPPRESS.
+    _backends_options(p, (argparse.SUPPRESS,) * 4)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    _backends_options(p, (None, 20, 20, None))  # `monoocc bench` alone runs `bench backends`
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    for cmd in BENCH:
+        cmd.add_arguments(what.add_parser(cmd.name, help=cmd.help))
+
+
+def _bench_msg_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _bench_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="+", help="config names (default: all four shipped configs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--repeats", type=int, help="timed runs per config (default 20; fewer for paper-size on CPU)")
+    p.add_argument("--half", action="store_true", help="fp16 autocast (CUDA only)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _bench_memory_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--runs",
         nargs="+",
         metavar="CONFIG:MODE",
         help="e.g. student_small:train teacher_small:infer (default: student_tiny and student_small train and "
         "infer, teacher_small infer)",
     )
-    bmem.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    bmem.add_argument(
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
         "--checkpointing", default="auto", choices=["auto", "on", "off"], help="as the trainer's option (default auto)"
     )
-    bmem.add_argument("--attention-chunk", type=int, default=65536, help="queries per sampling chunk (default 65536)")
-    bmem.add_argument(
+    p.add_argument("--attention-chunk", type=int, default=65536, help="queries per sampling chunk (default 65536)")
+    p.add_argument(
         "--limit-gib", type=float, default=20.0, help="stop a run whose resident memory passes this (default 20)"
     )
-    bmem.add_argument("--json", help="also write the rows to this JSON file")
-    btrain = bench_sub.add_parser(
-        "train", help="ms per training step: teacher, undistilled student, distilled with live or cached teacher"
-    )
-    btrain.add_argument("--data", default="data/benchmark", help="dataset root (default data/benchmark)")
-    btrain.add_argument("--sequence", default="00", help="the sequence whose frames are trained on (default 00)")
-    btrain.add_argument("--steps", type=int, default=20, help="steps timed per row (default 20)")
-    btrain.add_argument("--warmup", type=int, default=3, help="steps not timed first (default 3)")
-    btrain.add_argument("--json", help="also write the figures to this JSON file")
-    bsoak = bench_sub.add_parser("soak", help="a long replay through the node: memory growth and drops")
-    bsoak.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL}")
-    bsoak.add_argument("--frames", type=int, default=1000)
-    bsoak.add_argument("--rate", type=float, default=0.0, help="Hz; 0: lock step (next frame on each grid)")
-    bsoak.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    bsoak.add_argument("--json", help="also write the figures to this JSON file")
-    bnode = bench_sub.add_parser("node", help="per-stage latency and end-to-end rate of the occupancy node")
-    bnode.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL} (untrained student_tiny if absent)")
-    bnode.add_argument("--frames", type=int, default=20)
-    return parser
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def _bench_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/benchmark", help="dataset root (default data/benchmark)")
+    p.add_argument("--sequence", default="00", help="the sequence whose frames are trained on (default 00)")
+    p.add_argument("--steps", type=int, default=20, help="steps timed per row (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="steps not timed first (default 3)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _bench_soak_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL}")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=0.0, help="Hz; 0: lock step (next frame on each grid)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _bench_node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help=f"default: {DEFAULT_MODEL} (untrained student_tiny if absent)")
+    p.add_argument("--frames", type=int, default=20)
 
 
 # A user's mistake (a path that does not exist, a file of the wrong kind, a bad value) reaches
@@ -220,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    """Run the parsed subcommand: a table of runners, one per command (`bench` per WHAT)."""
-    if args.command == "bench":
-        return BENCH[args.what or "backends"](args)
-    return COMMANDS[args.command](args)
+    """Run the parsed subcommand (COMMANDS)."""
+    return next(c for c in COMMANDS if c.name == args.command).run(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """`monoocc bench [WHAT]` (BENCH); without WHAT the backends report."""
+    return next(c for c in BENCH if c.name == (args.what or "backends")).run(args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -253,7 +295,7 @@ def _train(args: argparse.Namespace) -> int:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"monoocc train: --set expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
     result = train(TrainConfig.from_yaml(args.config, overrides), resume=args.resume, device=args.device)
     return 0 if result["step"] > 0 else 1
@@ -277,7 +319,7 @@ def _export(args: argparse.Namespace) -> int:
     from monoocc_ros.checkpoint import export_weights
 
     if not args.out and not args.onnx:
-        raise SystemExit("monoocc export: give --out (checkpoint) and/or --onnx (ONNX model)")
+        raise ValueError("give --out (checkpoint) and/or --onnx (ONNX model)")
     if args.out:
         data = export_weights(args.checkpoint, args.out)
         size = Path(args.out).stat().st_size / 2**20
@@ -367,14 +409,50 @@ def _bench_model(args: argparse.Namespace) -> int:
     return model.main(args.configs, args.device, args.repeats, args.half, args.json)
 
 
-COMMANDS = {
-    "synth": _synth, "train": _train, "stats": _stats, "eval": _eval, "export": _export, "predict": _predict,
-    "ablation": _ablation, "demo": _demo, "bag": _bag, "replay-eval": _bag,
-}  # fmt: skip
-BENCH = {
-    "backends": _bench_backends, "train": _bench_train, "soak": _bench_soak, "msg": _bench_msg,
-    "node": _bench_node, "memory": _bench_memory, "model": _bench_model,
-}  # fmt: skip
+# The subcommands, in --help order.
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", "write a procedural synthetic driving dataset (SemanticKITTI layout)", _synth_args, _synth),
+    Command("train", "train a teacher or a (distilled) student; torchrun for several processes", _train_args, _train),
+    Command("stats", "what a split's voxel ground truth holds, beside SemanticKITTI's figures", _stats_args, _stats),
+    Command("eval", "SSC metrics of a checkpoint on a SemanticKITTI-format split", _eval_args, _eval),
+    Command(
+        "export",
+        "a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)",
+        _export_args,
+        _export,
+    ),
+    Command("predict", "occupancy of one image: SemanticKITTI .label file and a BEV picture", _predict_args, _predict),
+    Command("bag", "rosbag2 tools: from-dataset, play, record, eval", _bag_args, _bag),
+    Command("replay-eval", "replay a bag through the node (own process) and score it", _replay_eval_args, _bag),
+    Command("demo", "the end-to-end demo (make demo): synthetic bag -> node -> scores + pictures", _demo_args, _demo),
+    Command("ablation", "train and score the ablation variants; writes docs/results.md", _ablation_args, _ablation),
+    Command(
+        "bench",
+        "benchmarks; without WHAT: the torch vs onnxruntime report (latency, memory, stages, node rate)",
+        _bench_args,
+        _bench,
+    ),
+)
+# `monoocc bench WHAT`.
+BENCH: tuple[Command, ...] = (
+    Command("backends", "the default report: torch vs onnxruntime side by side", _backends_suppressed, _bench_backends),
+    Command("msg", "VoxelGrid conversion and cross-process DDS latency", _bench_msg_args, _bench_msg),
+    Command("model", "parameters, forward latency and peak memory per model config", _bench_model_args, _bench_model),
+    Command(
+        "memory",
+        "peak memory of one training step and of inference per config (batch 1; RSS or CUDA peak)",
+        _bench_memory_args,
+        _bench_memory,
+    ),
+    Command(
+        "train",
+        "ms per training step: teacher, undistilled student, distilled with live or cached teacher",
+        _bench_train_args,
+        _bench_train,
+    ),
+    Command("soak", "a long replay through the node: memory growth and drops", _bench_soak_args, _bench_soak),
+    Command("node", "per-stage latency and end-to-end rate of the occupancy node", _bench_node_args, _bench_node),
+)
 
 
 if __name__ == "__main__":
