@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,13 @@ if "MONOOCC_TEST_DOMAIN_ID" in os.environ:
 else:
     # 1..100 are valid on Linux; a random pick keeps parallel runs (CI, a developer) apart.
     os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
+
+
+# Derived files (ONNX exports, priors, decoded items, teacher outputs) go to this run's own cache:
+# a test neither reads a stale entry from the user's ~/.cache/monoocc_ros nor leaves files there.
+if "MONOOCC_CACHE" not in os.environ:
+    os.environ["MONOOCC_CACHE"] = tempfile.mkdtemp(prefix="monoocc_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["MONOOCC_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

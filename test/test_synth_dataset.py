@@ -147,6 +147,37 @@ def test_dataset_item(synth_root):
     assert item["meta"] == {"sequence": "00", "frame": 1, "stamp": pytest.approx(0.1)}
 
 
+def test_item_cache_gives_identical_items_and_follows_the_files(synth_root, tmp_path):
+    """A cached item equals a decoded one, key by key and dtype by dtype; a changed source file
+    or config reads a fresh folder; an unreadable cache file is decoded again."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    kw = dict(root=str(root), sequences=("00",), image_size=(188, 620), frame_offsets=(-1, 0), downsample=(2, 4))
+    plain = SemanticKITTIDataset(DatasetConfig(**kw))
+    cached = SemanticKITTIDataset(DatasetConfig(**kw, item_cache=str(tmp_path / "items")))
+    for i in range(len(plain)):
+        want, first, again = plain[i], cached[i], cached[i]  # decoded + saved, then read back
+        assert set(want) == set(again)
+        for k, v in want.items():
+            if k == "meta":
+                assert v == first[k] == again[k]
+            else:
+                assert v.dtype == again[k].dtype and torch.equal(v, first[k]) and torch.equal(v, again[k]), k
+    files = sorted((tmp_path / "items").rglob("*.npz"))
+    assert len(files) == len(plain) and len({f.parent for f in files}) == 1
+
+    other_cfg = SemanticKITTIDataset(DatasetConfig(**{**kw, "downsample": (2,)}, item_cache=str(tmp_path / "items")))
+    (root / "sequences" / "00" / "image_2" / "000001.png").touch()  # a new mtime: the data changed
+    touched = SemanticKITTIDataset(DatasetConfig(**kw, item_cache=str(tmp_path / "items")))
+    folders = {cached._cache.folders["00"], other_cfg._cache.folders["00"], touched._cache.folders["00"]}
+    assert len(folders) == 3
+
+    files[0].write_bytes(b"not an npz")
+    torch.testing.assert_close(cached[0]["target"], plain[0]["target"], rtol=0, atol=0)
+
+
 def test_zero_frame_offsets_need_no_poses(synth_root, tmp_path):
     """Offsets that are all 0 (a teacher config's own frame only) work without poses.txt: every
     view is the current frame, as with poses."""

@@ -6,7 +6,10 @@ Rows (each in its own process, one after the other, on the same frames):
 - student, distilled, live teacher: the teacher runs in every step on its own frames and LiDAR
   (`teacher_cache: off`, how every distilled step ran before the cache);
 - student, distilled, cached teacher: the teacher's outputs read from the cache
-  (trainer/teacher_cache.py), built before step 1 and not timed.
+  (trainer/teacher_cache.py), built before step 1 and not timed;
+- student, distilled, cached teacher and items: the decoded items read from the item cache
+  (data/item_cache.py) as from the second epoch on, filled before and not timed. The rows above
+  decode every item (`item_cache: off`), as the first epoch does.
 
 A step is what `monoocc train` runs, data loading included: its time comes from the trainer's
 own log (`frames_per_s` per step, batch 1), after `--warmup` steps. The teacher checkpoint for
@@ -26,11 +29,13 @@ from pathlib import Path
 
 from monoocc_ros.benchmarks.report import print_rows
 
+_STUDENT = {"model": "student_tiny", "stage": "student", "item_cache": "off"}
 ROWS = (
-    ("teacher", {"model": "teacher_tiny", "stage": "teacher"}),
-    ("student, undistilled", {"model": "student_tiny", "stage": "student"}),
-    ("student, distilled, live teacher", {"model": "student_tiny", "stage": "student", "teacher_cache": "off"}),
-    ("student, distilled, cached teacher", {"model": "student_tiny", "stage": "student", "teacher_cache": "auto"}),
+    ("teacher", {"model": "teacher_tiny", "stage": "teacher", "item_cache": "off"}),
+    ("student, undistilled", _STUDENT),
+    ("student, distilled, live teacher", {**_STUDENT, "teacher_cache": "off"}),
+    ("student, distilled, cached teacher", {**_STUDENT, "teacher_cache": "auto"}),
+    ("student, distilled, cached teacher and items", {**_STUDENT, "teacher_cache": "auto", "item_cache": "auto"}),
 )
 
 
@@ -60,6 +65,20 @@ def _teacher_checkpoint(path: Path) -> None:
     save_checkpoint(path, cfg, MonoOcc(cfg).state_dict())
 
 
+def _fill_item_cache(overrides: dict) -> None:
+    """Decode and cache every training item of a row's config before it is timed."""
+    from monoocc_ros.trainer.config import TrainConfig
+    from monoocc_ros.trainer.engine import item_cache_folder, make_dataset
+
+    cfg = TrainConfig.from_dict(overrides)
+    model_cfg = cfg.model_config()
+    seqs = tuple(cfg.train_sequences or ())
+    dataset = make_dataset(model_cfg, cfg.data_root, seqs, model_cfg.frame_offsets, item_cache=item_cache_folder(cfg))
+    print(f"filling the item cache ({len(dataset)} frames, not timed)...", flush=True)
+    for i in range(len(dataset)):
+        dataset[i]
+
+
 def run(data_root: str, sequence: str, steps: int, warmup: int, json_out: str | None) -> int:
     if not (Path(data_root) / "sequences" / sequence).is_dir():
         print(f"monoocc bench train: {data_root}/sequences/{sequence} does not exist (make data, or --data)",
@@ -77,6 +96,9 @@ def run(data_root: str, sequence: str, steps: int, warmup: int, json_out: str | 
                 overrides["teacher_checkpoint"] = str(teacher)
                 if extra["teacher_cache"] == "auto":
                     overrides["teacher_cache"] = str(Path(tmp) / "teacher_cache")
+            if extra["item_cache"] == "auto":
+                overrides["item_cache"] = str(Path(tmp) / "items")
+                _fill_item_cache(overrides)
             print(f"measuring: {label} ({warmup} + {steps} steps)...", flush=True)
             argv = [sys.executable, "-m", __name__, json.dumps(overrides), str(steps), str(warmup)]
             proc = subprocess.run(argv, capture_output=True, text=True)

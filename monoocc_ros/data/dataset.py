@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
+from monoocc_ros.data.item_cache import ItemCache
 from monoocc_ros.errors import one_line
 from monoocc_ros.geometry import (
     camera_pose_to_lidar,
@@ -67,6 +68,7 @@ class DatasetConfig:
     require_labels: bool = True  # False: every image is an item (e.g. the test split), targets when present
     lidar_offsets: tuple[int, ...] = ()  # accumulated scans for `lidar_evidence` (privileged teachers)
     lidar_scale: int = 4  # the grid reduction of `lidar_evidence` (the teacher's query grid)
+    item_cache: str | None = None  # a folder for decoded items (data/item_cache.py); None: decode every time
 
 
 @dataclass
@@ -147,6 +149,22 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
 
 
+def _tensors(arrays: dict[str, np.ndarray]) -> dict:
+    """Compact arrays (`SemanticKITTIDataset._decode`, or the item cache) -> the item's tensors
+    with the dtypes the module doc lists."""
+    item: dict = {}
+    for key, value in arrays.items():
+        if key == "image":
+            item[key] = _to_tensor(value)
+        elif key == "other_images":
+            item[key] = torch.stack([_to_tensor(v) for v in value])
+        elif key == "target" or key.startswith("target_") or key == "labels_2d":
+            item[key] = torch.from_numpy(value.astype(np.int64))
+        else:
+            item[key] = torch.from_numpy(value)
+    return item
+
+
 class SemanticKITTIDataset(Dataset):
     def __init__(self, cfg: DatasetConfig) -> None:
         self.cfg = cfg
@@ -192,6 +210,9 @@ class SemanticKITTIDataset(Dataset):
                 self.items += [(name, int(p.stem)) for p in images]
         if not self.items:
             raise FileNotFoundError(f"no labelled frames (voxels/*.label) in {root} sequences {cfg.sequences}")
+        self._cache = (
+            ItemCache(cfg.item_cache, cfg, {n: q.path for n, q in self.sequences.items()}) if cfg.item_cache else None
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -281,25 +302,22 @@ class SemanticKITTIDataset(Dataset):
             counts += np.bincount(flat, minlength=grid.num_voxels).astype(np.float32)
         return np.log1p(counts).reshape(grid.shape)
 
-    def __getitem__(self, index: int) -> dict:
-        name, frame = self.items[index]
+    def _decode(self, name: str, frame: int) -> dict[str, np.ndarray]:
+        """The item of a frame as compact arrays (uint8 images and labels, `_tensors` makes the
+        item): what the item cache stores."""
         seq = self.sequences[name]
         cfg = self.cfg
         base_proj = lidar_projection(seq.calib["P2"], seq.calib["Tr"])
         image, projection = self._image(seq, frame, base_proj)
         h, w = image.shape[:2]
 
-        item: dict = {
-            "image": _to_tensor(image),
-            "projection": torch.from_numpy(projection.astype(np.float32)),
-        }
+        item: dict[str, np.ndarray] = {"image": image, "projection": projection.astype(np.float32)}
         vox = seq.path / "voxels" / f"{frame:06d}"
         if vox.with_suffix(".label").exists():
             target, invalid = load_voxel_target(vox)
-            item["target"] = torch.from_numpy(target.astype(np.int64))
-            item["invalid"] = torch.from_numpy(invalid)
+            item["target"], item["invalid"] = target, invalid
             for s in cfg.downsample:
-                item[f"target_{s}"] = torch.from_numpy(F.downsample_labels(target, s).astype(np.int64))
+                item[f"target_{s}"] = F.downsample_labels(target, s)
 
         hs, ws = h // cfg.label_stride, w // cfg.label_stride
         labels_2d = np.full((hs, ws), IGNORE, np.uint8)
@@ -313,8 +331,7 @@ class SemanticKITTIDataset(Dataset):
                 sem = raw_to_train(F.read_point_labels(label_path, num_points=len(scan))[0])
             small = resize_projection(projection, ws / w, hs / h)
             labels_2d, depth_2d = points_to_sparse_image(scan, sem, small, hs, ws)
-        item["labels_2d"] = torch.from_numpy(labels_2d.astype(np.int64))
-        item["depth_2d"] = torch.from_numpy(depth_2d)
+        item["labels_2d"], item["depth_2d"] = labels_2d, depth_2d
 
         if cfg.frame_offsets:
             imgs, projs = [], []
@@ -326,12 +343,22 @@ class SemanticKITTIDataset(Dataset):
                 pose_there = seq.poses[j] if seq.poses is not None else pose_here
                 p = other_frame_projection(seq.calib["P2"], seq.calib["Tr"], pose_here, pose_there)
                 img, p = self._image(seq, j, p)
-                imgs.append(_to_tensor(img))
-                projs.append(torch.from_numpy(p.astype(np.float32)))
-            item["other_images"] = torch.stack(imgs)
-            item["other_projections"] = torch.stack(projs)
+                imgs.append(img)
+                projs.append(p.astype(np.float32))
+            item["other_images"], item["other_projections"] = np.stack(imgs), np.stack(projs)
         if cfg.lidar_offsets:
-            item["lidar_evidence"] = torch.from_numpy(self.lidar_evidence(name, frame))
+            item["lidar_evidence"] = self.lidar_evidence(name, frame)
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        name, frame = self.items[index]
+        arrays = self._cache.load(name, frame) if self._cache is not None else None
+        if arrays is None:
+            arrays = self._decode(name, frame)
+            if self._cache is not None:
+                self._cache.save(name, frame, arrays)
+        item = _tensors(arrays)
+        seq = self.sequences[name]
         item["meta"] = {
             "sequence": name,
             "frame": frame,

@@ -26,6 +26,9 @@ class TrainConfig:
     # Where the teacher's outputs are computed once (trainer/teacher_cache.py): auto (the user
     # cache, keyed by teacher and items), a folder, or off (run the teacher in every step).
     teacher_cache: str = "auto"
+    # Where decoded Dataset items are kept (data/item_cache.py; ~3 MB per frame): auto (the user
+    # cache), a folder, or off (decode every frame in every epoch).
+    item_cache: str = "auto"
     train_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's train split, those present
     val_sequences: tuple[str, ...] | None = None  # default: SemanticKITTI's val split (08), those present
     epochs: int = 20

@@ -125,9 +125,11 @@ def make_dataset(
     sequences: tuple[str, ...],
     offsets: tuple[int, ...],
     lidar_offsets: tuple[int, ...] = (),
+    item_cache: str | None = None,
 ) -> SemanticKITTIDataset:
     """The Dataset a model trains or is scored on; `offsets` / `lidar_offsets`: the frames and
-    accumulated scans a teacher sees (its own, or the one distilling into this student)."""
+    accumulated scans a teacher sees (its own, or the one distilling into this student);
+    `item_cache`: a folder for decoded items (data/item_cache.py)."""
     if model_cfg.grid != FILE_GRID:
         raise ConfigError(
             f"model {model_cfg.name!r} fills {model_cfg.grid}, but {root} holds SemanticKITTI files on "
@@ -144,8 +146,16 @@ def make_dataset(
             downsample=tuple(scales),
             lidar_offsets=lidar_offsets,
             lidar_scale=model_cfg.query_scale,
+            item_cache=item_cache,
         )
     )
+
+
+def item_cache_folder(cfg: TrainConfig) -> str | None:
+    """`item_cache` of a training config as a folder (None: off)."""
+    if cfg.item_cache == "off":
+        return None
+    return str(cache_dir("items")) if cfg.item_cache == "auto" else cfg.item_cache
 
 
 def model_inputs(batch: dict, cfg: ModelConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -345,20 +355,21 @@ def training_set(
 
     root = cfg.data_root
     seqs = resolve_sequences(root, cfg.train_sequences, "train")
+    items = item_cache_folder(cfg)
     if teacher is None:
-        return make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar), None
+        return make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar, items), None
     tcfg = teacher.cfg
     if cfg.teacher_cache == "off":  # the teacher's frames and LiDAR loaded with every item
-        return make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar), teacher
-    student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets)
+        return make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar, items), teacher
+    student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, item_cache=items)
     with_logits = bool(model_cfg.loss.distill_logit)
     assert cfg.teacher_checkpoint is not None  # load_teacher built the teacher from it
     sha = sha256(cfg.teacher_checkpoint)
-    items = list(student_set.items)
+    frames = list(student_set.items)
     auto = cfg.teacher_cache == "auto"
-    path = cache_dir("teacher") / cache_key(sha, root, items, with_logits) if auto else Path(cfg.teacher_cache)
+    path = cache_dir("teacher") / cache_key(sha, root, frames, with_logits) if auto else Path(cfg.teacher_cache)
     if not path.exists() and info.rank == 0:
-        print(f"computing the teacher's outputs once for {len(items)} training frames -> {path}", flush=True)
+        print(f"computing the teacher's outputs once for {len(frames)} training frames -> {path}", flush=True)
         teacher_set = make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar)
         TeacherCache.build(
             teacher,
@@ -371,7 +382,7 @@ def training_set(
         )
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache
-    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, items, with_logits)), None
+    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, frames, with_logits)), None
 
 
 def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> dict | None:
@@ -513,8 +524,9 @@ class _Run:
         self.train_set, self.teacher = training_set(cfg, model_cfg, teacher, dev, info)
         self.val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
         self.val_set = make_dataset(
-            model_cfg, cfg.data_root, self.val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar
-        )
+            model_cfg, cfg.data_root, self.val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar,
+            item_cache_folder(cfg),
+        )  # fmt: skip
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = MonoOcc(model_cfg).to(dev)
         configure_memory(self.model, cfg.checkpointing, cfg.attention_chunk)
