@@ -86,6 +86,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a fine-head model (.pt)")
+    p.add_argument("--data", required=True, help="dataset root; frames of its training split are used")
+    p.add_argument("--sequences", nargs="+", help="explicit training sequences instead of the split's")
+    p.add_argument("--frames", type=int, default=100, help="evenly spaced training frames (default 100)")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint to write (same weights)")
+    p.add_argument("--device", default="auto")
+
+
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", help=f"deployable checkpoint to write (no optimizer state), e.g. {DEFAULT_MODEL}")
@@ -313,6 +322,15 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_main(args)
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from monoocc_ros.trainer.calibrate import calibrate
+
+    seqs = tuple(args.sequences) if args.sequences else None
+    result = calibrate(args.checkpoint, args.data, args.out, seqs, args.frames, args.device)
+    print(f"wrote {args.out}: {result.summary()}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -415,6 +433,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "train a teacher or a (distilled) student; torchrun for several processes", _train_args, _train),
     Command("stats", "what a split's voxel ground truth holds, beside SemanticKITTI's figures", _stats_args, _stats),
     Command("eval", "SSC metrics of a checkpoint on a SemanticKITTI-format split", _eval_args, _eval),
+    Command(
+        "calibrate",
+        "the fine head's occupancy threshold that maximises completion IoU on training frames",
+        _calibrate_args,
+        _calibrate,
+    ),
     Command(
         "export",
         "a deployable checkpoint (--out: weights, config, metrics) and/or an ONNX model (--onnx)",

@@ -275,3 +275,50 @@ def test_ctrl_c_saves_and_resumes_and_a_corrupt_file_fails_before_step_one(tmp_p
     with pytest.raises(F.FormatError, match=r"08/voxels/000001\.label \(1000 bytes"):
         train(_config(tmp_path / "b", broken, max_steps=1), device="cpu", progress=False)
     assert not (tmp_path / "b" / "run").exists()  # nothing trained, nothing written
+
+
+def test_best_threshold_maximises_completion_iou():
+    from monoocc_ros.trainer.calibrate import BINS, best_threshold
+
+    occupied, empty = np.zeros(BINS, np.int64), np.zeros(BINS, np.int64)
+    occupied[60] = 80  # occupied voxels with P = 0.30..0.305 and 0.90
+    occupied[180] = 20
+    empty[40] = 1000  # empty voxels with P = 0.20 and 0.55
+    empty[110] = 10
+    t, iou, iou_half = best_threshold(occupied, empty)
+    # Above 0.20 and at most 0.30 keeps every occupied voxel and drops 1000 empty ones:
+    # IoU 100 / (100 + 10); at 0.5 only the 20 confident voxels: 20 / (20 + 10 + 80).
+    assert 0.2 < t <= 0.3 and iou == pytest.approx(100 * 100 / 110) and iou_half == pytest.approx(100 * 20 / 110)
+
+
+def test_calibrate_writes_the_threshold_on_training_frames_only(tmp_path, data_root):
+    import dataclasses
+
+    from monoocc_ros.checkpoint import save_checkpoint
+    from monoocc_ros.model.monoocc import MonoOcc
+    from monoocc_ros.trainer.calibrate import calibrate
+
+    cfg = _config(tmp_path, data_root)
+    torch.manual_seed(0)
+    model = MonoOcc(dataclasses.replace(cfg.model_config(), head="fine", semantic_scale=4))
+    save_checkpoint(tmp_path / "m.pt", model.cfg, model.state_dict(), step=7)
+    result = calibrate(str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "cal.pt"), frames=3, progress=False)
+    assert result.frames == 3 and result.sequences == ("00",) and 0 < result.threshold < 1
+    assert result.iou >= result.iou_at_half
+    data = load_checkpoint(tmp_path / "cal.pt")
+    assert data["model_config"].occupancy_threshold == result.threshold and data["step"] == 7
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, data["weights"][k]), k
+    # The stored threshold is the decision predict_grid (node, eval, ONNX) makes.
+    from monoocc_ros.checkpoint import build_model_from_checkpoint
+
+    calibrated, _ = build_model_from_checkpoint(tmp_path / "cal.pt")
+    images, projections = torch.rand(1, 1, 3, 94, 310), torch.rand(1, 1, 3, 4) * 100
+    with torch.inference_mode():
+        labels, _ = calibrated.predict_grid(images, projections)
+        p = calibrated(images, projections)["occupancy"].sigmoid()
+    assert torch.equal(labels > 0, p > result.threshold) and 0 < (labels > 0).float().mean() < 1
+    with pytest.raises(ValueError, match=r"\['08'\] belong to the validation"):
+        calibrate(str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "x.pt"), sequences=("08",), progress=False)
+    with pytest.raises(ValueError, match="is the input checkpoint"):
+        calibrate(str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "m.pt"), progress=False)

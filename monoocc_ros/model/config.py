@@ -121,6 +121,9 @@ class ModelConfig:
     # output voxel (sub-voxels of each query) and semantics at `semantic_scale` (model/head.py).
     head: str = "paper"
     semantic_scale: int = 2  # fine head: semantic voxel = semantic_scale * 0.2 m
+    # Fine head: a voxel is occupied when P(occupied) exceeds this. A decision, not a weight:
+    # `monoocc calibrate` picks it on training frames (never validation) and stores it here.
+    occupancy_threshold: float = 0.5
     proposal_threshold: float = 0.5
     proposal_channels: int = 32
     frame_offsets: tuple[int, ...] = (0,)  # the teacher sees several frames; a student (0,)
@@ -145,6 +148,8 @@ class ModelConfig:
             raise self._bad("frame_offsets", "must contain 0 (the current frame)")
         if not 0 < self.proposal_threshold < 1:
             raise self._bad("proposal_threshold", "must be in (0, 1)")
+        if not 0 < self.occupancy_threshold < 1:
+            raise self._bad("occupancy_threshold", "must be in (0, 1)")
 
     def _bad(self, key: str, why: str) -> ConfigError:
         return ConfigError(f"model config {self.name!r}: {key} {why}")

@@ -10,6 +10,8 @@ without layout copies."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,7 +126,7 @@ def occupied_log_odds(logits: torch.Tensor) -> torch.Tensor:
 
 
 def labels_and_confidence(
-    logits: torch.Tensor, occupancy: torch.Tensor | None, factor: int = 1
+    logits: torch.Tensor, occupancy: torch.Tensor | None, factor: int = 1, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's answer at its output grid: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z)
     float32, the probability of that label.
@@ -132,6 +134,7 @@ def labels_and_confidence(
     Paper head (`occupancy` None): argmax and max of the softmax of `logits` (B, 20, X, Y, Z).
     Fine head: `occupancy` (B, X, Y, Z) log-odds; `logits` at a grid coarser by `factor` (a
     plain int, so that an exported graph repeats by a constant).
+    A voxel is occupied when P(occupied) > `threshold` (`ModelConfig.occupancy_threshold`).
     Occupied voxels take their semantic voxel's most likely non-empty class, with confidence
     P(occupied) * P(class | occupied); empty ones P(empty)."""
     if occupancy is None:
@@ -143,7 +146,8 @@ def labels_and_confidence(
     cls = repeat_voxels((cls + 1).to(torch.uint8), factor)
     class_prob = repeat_voxels(class_prob, factor)
     p = occupancy.sigmoid()
-    occupied = occupancy > 0
+    # Compared as log-odds (a constant in an exported graph): 0.5 is log-odds 0, as before.
+    occupied = occupancy > math.log(threshold / (1.0 - threshold))
     labels = torch.where(occupied, cls, torch.zeros_like(cls))
     return labels, torch.where(occupied, p * class_prob, 1 - p)
 

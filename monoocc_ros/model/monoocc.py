@@ -79,7 +79,9 @@ class MonoOcc(nn.Module):
         the output grid (`labels_and_confidence`)."""
         out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
         factor = self.cfg.semantic_scale // self.cfg.output_scale if self.cfg.head == "fine" else 1
-        return labels_and_confidence(out["logits"].float(), _float(out.get("occupancy")), factor)
+        return labels_and_confidence(
+            out["logits"].float(), _float(out.get("occupancy")), factor, self.cfg.occupancy_threshold
+        )
 
     def _run(
         self, images: torch.Tensor, projections: torch.Tensor, with_2d: bool, lidar_evidence: torch.Tensor | None = None
