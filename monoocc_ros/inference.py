@@ -10,9 +10,9 @@ trained with (KITTI's 718.856 px times the config's `image_scale`), then padded 
 principal point sits where it did in training; the projection is adjusted with every step. So a
 camera unlike KITTI's still gets geometrically right voxels (within the training field of view).
 
-Output: `labels` (256, 256, 32) uint8 train ids on the SemanticKITTI grid (a coarser model's
-output is repeated to the full grid), `confidence` (256, 256, 32) float32 softmax probability of
-the predicted label.
+Output: `labels` uint8 train ids on the model's grid (`Predictor.grid`, from its config;
+SemanticKITTI's 256x256x32 for the shipped models; a coarser output is repeated to the full
+grid), `confidence` float32, the probability of the predicted label.
 
 Devices: "auto" takes CUDA when available, else the CPU; "cuda" without CUDA is an error, never a
 silent fallback. `half_precision` runs the network under CUDA autocast (fp16); it is an error on

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from monoocc_ros.classes import CLASS_NAMES, train_to_raw
-from monoocc_ros.data.formats import read_calib, write_voxel_labels
+from monoocc_ros.data.formats import FILE_GRID, read_calib, write_voxel_labels
 from monoocc_ros.geometry import KITTI_CALIB
 from monoocc_ros.inference import Predictor
 from monoocc_ros.paths import default_model
@@ -33,6 +33,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"monoocc predict: cannot read image {args.image}: {exc}") from exc
     try:
         predictor = Predictor.load(model, args.backend, args.device)
+        if predictor.grid != FILE_GRID:
+            raise ValueError(f"{model} fills {predictor.grid}; a SemanticKITTI .label file holds {FILE_GRID}")
         t0 = time.perf_counter()
         labels, confidence = predictor.predict(rgb, calib["P2"], calib["Tr"])
         dt = time.perf_counter() - t0

@@ -176,6 +176,15 @@ def test_item_cache_gives_identical_items_and_follows_the_files(synth_root, tmp_
 
     files[0].write_bytes(b"not an npz")
     torch.testing.assert_close(cached[0]["target"], plain[0]["target"], rtol=0, atol=0)
+    whole = files[1].read_bytes()
+    files[1].write_bytes(whole[: len(whole) // 2])  # truncated (zipfile.BadZipFile): decoded again
+    torch.testing.assert_close(cached[1]["image"], plain[1]["image"], rtol=0, atol=0)
+    assert files[1].read_bytes() == whole  # and written back whole
+
+    unwritable = SemanticKITTIDataset(DatasetConfig(**kw, item_cache=str(root / "sequences" / "00" / "calib.txt")))
+    with pytest.warns(UserWarning, match="item cache turned off"):
+        item = unwritable[0]  # the cache folder cannot be created under a file: decoding goes on
+    assert torch.equal(item["target"], plain[0]["target"]) and unwritable._cache is None
 
 
 def test_zero_frame_offsets_need_no_poses(synth_root, tmp_path):

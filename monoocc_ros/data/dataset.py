@@ -22,6 +22,7 @@ every image, targets only where labels exist) with:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,13 +351,23 @@ class SemanticKITTIDataset(Dataset):
             item["lidar_evidence"] = self.lidar_evidence(name, frame)
         return item
 
+    def _save_to_cache(self, name: str, frame: int, arrays: dict[str, np.ndarray]) -> None:
+        """A cache that cannot be written (a full disk, no permission) must not stop training: say
+        so once and decode every item from then on."""
+        assert self._cache is not None
+        try:
+            self._cache.save(name, frame, arrays)
+        except OSError as exc:
+            warnings.warn(f"item cache turned off: cannot write {self._cache.path(name, frame)} ({exc})", stacklevel=2)
+            self._cache = None
+
     def __getitem__(self, index: int) -> dict:
         name, frame = self.items[index]
         arrays = self._cache.load(name, frame) if self._cache is not None else None
         if arrays is None:
             arrays = self._decode(name, frame)
             if self._cache is not None:
-                self._cache.save(name, frame, arrays)
+                self._save_to_cache(name, frame, arrays)
         item = _tensors(arrays)
         seq = self.sequences[name]
         item["meta"] = {

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,23 @@ _BITS = "__bits__"  # suffix of a bit-packed bool array; its shape is stored und
 
 
 def sequence_fingerprint(path: Path) -> str:
-    """A hash of every file under a sequence folder: relative path, size, mtime (ns). Written
-    predictions (`predictions/`) are not inputs and are left out."""
+    """A hash of every file under a sequence folder: relative path, size, mtime (ns), following
+    symbolic links (SemanticKITTI is often assembled from several downloads by linking folders).
+    Written predictions (`predictions/`) are not inputs and are left out."""
     h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path)
-        if (rel.parts and rel.parts[0] == "predictions") or not p.is_file():
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        rel_dir = Path(folder).relative_to(path)
+        if rel_dir.parts and rel_dir.parts[0] == "predictions":
+            dirs[:] = []
             continue
-        st = p.stat()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(folder) / name
+            try:
+                st = file.stat()  # follows links
+            except FileNotFoundError:  # a dangling link: not an input the Dataset can read
+                continue
+            h.update(f"{rel_dir / name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -66,7 +75,8 @@ class ItemCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return _unpack({k: data[k] for k in data.files})
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            path.unlink(missing_ok=True)  # truncated or foreign: decoded and written again
             return None
 
     def save(self, name: str, frame: int, arrays: dict[str, np.ndarray]) -> None:

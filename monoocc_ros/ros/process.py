@@ -3,7 +3,8 @@ the node tests share (without `ros2 launch`, which the PyPI ROS wheels do not sh
 
 Why one: a node left running after an error keeps publishing into the next run's topics. Each
 node starts in its own session, so stopping signals its whole process group (SIGINT as
-`ros2 launch` does, SIGKILL after `timeout`) and nothing outlives the caller. Its log goes to a
+`ros2 launch` does, SIGKILL after `timeout`), and on Linux it gets SIGTERM when its parent dies
+(a caller killed outright never reaches its `stop()`). Its log goes to a
 temporary file, not a pipe: nobody reads a pipe while frames flow, and a node blocked writing
 to a full one stops answering.
 """
@@ -65,6 +66,28 @@ class NodeProcess:
         return self._final_log
 
 
+def _load_prctl():
+    """libc's prctl, resolved here in the parent: the child between fork and exec must not import
+    or dlopen anything (other threads may hold those locks). None where there is no prctl."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
+    caller killed outright (SIGKILL, a CI timeout) leaves no node behind either."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 def start_node(ros_args: list[str], params_file: str | None = None) -> NodeProcess:
     """`python -m monoocc_ros.ros.main --ros-args --params-file config/occ.yaml <ros_args>` (remaps
     `-r a:=b`, parameters `-p k:=v`), in its own session, logging to a temporary file."""
@@ -73,7 +96,10 @@ def start_node(ros_args: list[str], params_file: str | None = None) -> NodeProce
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = tempfile.TemporaryFile("w+")
     try:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
     except BaseException:
         log.close()
         raise

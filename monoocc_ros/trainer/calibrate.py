@@ -107,6 +107,8 @@ def calibrate(
     """Pick the threshold on `frames` evenly spaced training frames and write `out`."""
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {out} is the input checkpoint; write the calibrated model to a new file")
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
     dev = resolve_device(device)
     model, data_ckpt = build_model_from_checkpoint(checkpoint)
     model = model.to(dev)
@@ -120,6 +122,8 @@ def calibrate(
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(frames, len(dataset))).round().astype(int))
     subset = torch.utils.data.Subset(dataset, picks.tolist())
     occupied, empty = occupancy_histograms(model, subset, dev, progress)
+    if occupied.sum() == 0:
+        raise ValueError(f"the {len(picks)} calibration frames hold no occupied voxel with a valid label")
     threshold, iou, iou_half = best_threshold(occupied, empty)
     result = Calibration(threshold, iou, iou_half, cfg.occupancy_threshold, len(picks), seqs)
     # The checkpoint's own validation metrics were measured at the old threshold: not carried over.

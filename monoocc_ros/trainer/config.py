@@ -67,6 +67,9 @@ class TrainConfig:
                 raise bad(key, "must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be >= 1 when given")
+        for key in ("teacher_cache", "item_cache"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise bad(key, f"must be auto, off or a folder, got {getattr(self, key)!r} (quote 'off' in YAML)")
         if self.checkpointing not in ("auto", "on", "off"):
             raise bad("checkpointing", f"must be auto, on or off, got {self.checkpointing!r}")
         if self.attention_chunk < 1:

@@ -332,10 +332,11 @@ def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) ->
         )
     teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
     tc = tdata["model_config"]
-    if (tc.embed_dim, tc.query_scale, tc.logits_scale) != (
+    if (tc.embed_dim, tc.query_scale, tc.logits_scale, tc.grid) != (
         model_cfg.embed_dim,
         model_cfg.query_scale,
         model_cfg.logits_scale,
+        model_cfg.grid,
     ):
         raise ValueError(
             f"teacher {tc.name} (embed_dim {tc.embed_dim}, query_scale {tc.query_scale}, logits at scale "
@@ -505,8 +506,9 @@ def train(
 
 
 class _Run:
-    """One training run's state and its named steps: build (`__init__`), `epoch`, `end_epoch`,
-    `save`, `finish`. The order of every RNG-consuming call is part of exact resume."""
+    """One training run's state and its named steps: build (`__init__`), `epoch_steps` (with
+    `_backward` and `_optimizer_step`), `end_epoch`, `save`, `result`; `_train` strings them
+    together. The order of every RNG-consuming call is part of exact resume."""
 
     def __init__(
         self, cfg: TrainConfig, resume: str | None, device: str, progress: bool, interrupt: threading.Event
@@ -609,8 +611,12 @@ class _Run:
             self.scaler.scale(terms["total"] / self.cfg.grad_accum).backward()
         return terms
 
-    def _optimizer_step(self, accum: dict[str, float], fps: float) -> None:
+    def _optimizer_step(self, accum: dict[str, float], frames: int, t_last: float) -> float:
+        """Step the optimizer, count, show and log the step (its frames/s since `t_last`, the
+        optimizer's own time included); returns the time the step ended."""
         grad_norm = _optimizer_step(self.scaler, self.optimizer, self.scheduler, self.params, self.cfg.grad_clip)
+        now = time.perf_counter()
+        fps = frames / max(now - t_last, 1e-9)
         self.step += 1
         self.step_in_epoch += 1
         self.losses.append(accum["total"])
@@ -621,6 +627,7 @@ class _Run:
                    "grad_norm": float(grad_norm), "frames_per_s": fps,
                    **{f"loss/{k}": v for k, v in accum.items()}}  # fmt: skip
             _log(self.csv_log, self.writer, row, self.step)
+        return now
 
     def epoch_steps(self, stopping: Callable[[], bool]) -> None:
         """Train until the epoch ends, the run ends or `stopping()` (checked after each step)."""
@@ -637,9 +644,8 @@ class _Run:
             frames += batch["image"].shape[0] * self.info.world_size
             if not sync:
                 continue
-            now = time.perf_counter()
-            self._optimizer_step(accum, frames / max(now - t_last, 1e-9))
-            t_last, frames, accum = now, 0, {}
+            t_last = self._optimizer_step(accum, frames, t_last)
+            frames, accum = 0, {}
             if stopping():
                 return
             if cfg.save_every and self.step % cfg.save_every == 0:
