@@ -94,7 +94,8 @@ def start_node(ros_args: list[str], params_file: str | None = None) -> NodeProce
     cmd = [sys.executable, "-m", "monoocc_ros.ros.main", "--ros-args",
            "--params-file", params_file or str(package_file("config/occ.yaml")), *ros_args]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = tempfile.TemporaryFile("w+")
+    # O_APPEND (shared with the child): reading the log never moves where the node writes.
+    log = tempfile.TemporaryFile("a+")
     try:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
