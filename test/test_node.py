@@ -41,8 +41,8 @@ def _check_grid(msg, stamp_ns, p, image_hw):
 
 def _run_frames(checkpoint, frames, ns):
     """frames: list of (rgb, P, stamp_ns). Sends one at a time, waits for each answer."""
-    proc = start_node(checkpoint, ns)
     h = Harness(ns)
+    proc = start_node(checkpoint, ns)
     try:
         assert h.wait_for_node(proc), proc.stop()
         # the node's markers/points publishers need to see our subscriptions
@@ -126,8 +126,8 @@ def test_node_survives_malformed_input(checkpoint):
     ns = f"/bad{os.getpid()}"
     rng = np.random.default_rng(0)
     good_rgb = rng.integers(0, 255, (376, 1241, 3), dtype=np.uint8)
-    proc = start_node(checkpoint, ns)
     h = Harness(ns)
+    proc = start_node(checkpoint, ns)
     try:
         assert h.wait_for_node(proc), proc.stop()
         h.spin_until(lambda: False, 1.0)
@@ -164,10 +164,10 @@ def test_missing_checkpoint_reports_error_then_reloads_at_run_time(checkpoint, t
 
     ns = f"/ckpt{os.getpid()}"
     missing = tmp_path / "nope.pt"
-    proc = start_node(missing, ns)
     h = Harness(ns, visualization=False)
     diags = []
     h.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    proc = start_node(missing, ns)
     try:
         assert h.wait_for_node(proc), proc.stop()
         assert h.spin_until(
@@ -224,8 +224,8 @@ def test_onnxruntime_backend_and_switching_backend_at_run_time(checkpoint, tmp_p
     rgb = np.random.default_rng(3).integers(0, 255, (IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
     expected, _ = Predictor.load(checkpoint, "torch", "cpu").predict(rgb, KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
     view = camera_view_mask(KITTI_CALIB["P2"], KITTI_CALIB["Tr"], (IMAGE_HEIGHT, IMAGE_WIDTH))
-    proc = start_node(checkpoint, ns, ["-p", "backend:=onnxruntime"])
     h = Harness(ns, visualization=False)
+    proc = start_node(checkpoint, ns, ["-p", "backend:=onnxruntime"])
     try:
         assert h.wait_for_node(proc, 120), proc.stop()
         h.spin_until(lambda: False, 1.0)

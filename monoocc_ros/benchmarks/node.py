@@ -120,12 +120,12 @@ def _end_to_end(ckpt: Path, rgb: np.ndarray, n: int, extra: list[str] | None = N
     from monoocc_ros.testing.harness import Harness, camera_info_msg, image_msg, start_node
 
     ns = f"/bench{os.getpid()}{'v' if viz else ''}"
-    proc = start_node(ckpt, ns, extra)
     h = Harness(ns, visualization=False)
     if viz:
         out = f"{ns}/occupancy_node/output"
         h.node.create_subscription(MarkerArray, f"{out}/markers", h.markers.append, 10, raw=True)
         h.node.create_subscription(PointCloud2, f"{out}/points", h.points.append, 10, raw=True)
+    proc = start_node(ckpt, ns, extra)
     try:
         if not h.wait_for_node(proc, 60):
             raise RuntimeError("node did not start:\n" + proc.stop())

@@ -41,7 +41,6 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
     ns = f"/soak{os.getpid()}"
     cache = tempfile.TemporaryDirectory()
     os.environ.setdefault("MONOOCC_CACHE", cache.name)
-    proc = start_node(Path(ckpt), ns, ["-p", f"backend:={backend}"])
     h = Harness(ns, visualization=False)
     diags: list = []
 
@@ -54,6 +53,7 @@ def main(checkpoint: str | None, frames: int, rate: float, backend: str, json_ou
     h.node.create_subscription(DiagnosticArray, "/diagnostics", keep_last, 10)
     received = 0
     samples: list[tuple[int, float]] = []
+    proc = start_node(Path(ckpt), ns, ["-p", f"backend:={backend}"])
     try:
         if not h.wait_for_node(proc, 120):
             raise RuntimeError("node did not start:\n" + proc.stop())
