@@ -23,6 +23,7 @@ from monoocc_ros.bag.io import (
     STATIC_QOS,
     TF_STATIC_TOPIC,
     VOXELGRID_TYPE,
+    header,
     new_bag,
     transform_message,
     typestore,
@@ -30,20 +31,13 @@ from monoocc_ros.bag.io import (
 from monoocc_ros.classes import IGNORE, raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.ros.convert import voxelgrid_fields
-from monoocc_ros.ros.stamps import ns_to_sec_nanosec
 
 DEFAULT_START_TIME = 1_700_000_000.0  # s; any fixed, non-zero epoch keeps bags reproducible
 
 
-def _header(store, stamp_ns: int, frame: str):
-    h = store.types
-    sec, nsec = ns_to_sec_nanosec(stamp_ns)
-    return h["std_msgs/msg/Header"](stamp=h["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame)
-
-
 def image_message(store, rgb: np.ndarray, stamp_ns: int, frame: str = "camera"):
     return store.types["sensor_msgs/msg/Image"](
-        header=_header(store, stamp_ns, frame), height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
+        header=header(store, stamp_ns, frame), height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
         is_bigendian=0, step=rgb.shape[1] * 3, data=np.ascontiguousarray(rgb).reshape(-1),
     )  # fmt: skip
 
@@ -52,7 +46,7 @@ def camera_info_message(store, p2: np.ndarray, width: int, height: int, stamp_ns
     t = store.types
     k = np.asarray(p2, np.float64)[:3, :3]
     return t["sensor_msgs/msg/CameraInfo"](
-        header=_header(store, stamp_ns, frame), height=height, width=width, distortion_model="plumb_bob",
+        header=header(store, stamp_ns, frame), height=height, width=width, distortion_model="plumb_bob",
         d=np.zeros(5), k=k.reshape(-1), r=np.eye(3).reshape(-1), p=np.asarray(p2, np.float64).reshape(-1),
         binning_x=0, binning_y=0,
         roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
@@ -68,7 +62,7 @@ def voxelgrid_message(store, labels: np.ndarray, stamp_ns: int, frame: str = "ve
         orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
     )
     return t[VOXELGRID_TYPE](
-        header=_header(store, stamp_ns, frame), origin=pose, resolution=f.resolution,
+        header=header(store, stamp_ns, frame), origin=pose, resolution=f.resolution,
         size_x=f.size[0], size_y=f.size[1], size_z=f.size[2], axis_order=f.axis_order,
         labels=f.labels, class_table=f.class_table, class_names=list(f.class_names), confidence=f.confidence,
     )  # fmt: skip

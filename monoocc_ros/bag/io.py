@@ -44,6 +44,13 @@ RELIABLE_QOS = _qos(QosReliability.RELIABLE, QosDurability.VOLATILE, 10)
 STATIC_QOS = _qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, 1)  # what tf2 uses for /tf_static
 
 
+def header(store, stamp_ns: int, frame_id: str):
+    """A typestore `std_msgs/Header` stamped `stamp_ns` (the one builder the bag writers share)."""
+    t = store.types
+    sec, nsec = ns_to_sec_nanosec(stamp_ns)
+    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame_id)
+
+
 def transform_message(store, grid_to_camera: np.ndarray, stamp_ns: int, camera_frame: str, grid_frame: str):
     """tf2_msgs/TFMessage with one TransformStamped: parent `camera_frame`, child `grid_frame`,
     i.e. the pose of the grid frame in the camera frame, which maps grid points to the camera
@@ -53,14 +60,13 @@ def transform_message(store, grid_to_camera: np.ndarray, stamp_ns: int, camera_f
     t = store.types
     m = np.asarray(grid_to_camera, dtype=np.float64)
     qx, qy, qz, qw = rotation_to_quaternion(m[:3, :3])
-    sec, nsec = ns_to_sec_nanosec(stamp_ns)
-    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
-                                      frame_id=camera_frame)  # fmt: skip
     transform = t["geometry_msgs/msg/Transform"](
         translation=t["geometry_msgs/msg/Vector3"](x=m[0, 3], y=m[1, 3], z=m[2, 3]),
         rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw),
     )
-    stamped = t["geometry_msgs/msg/TransformStamped"](header=header, child_frame_id=grid_frame, transform=transform)
+    stamped = t["geometry_msgs/msg/TransformStamped"](
+        header=header(store, stamp_ns, camera_frame), child_frame_id=grid_frame, transform=transform
+    )
     return t["tf2_msgs/msg/TFMessage"](transforms=[stamped])
 
 

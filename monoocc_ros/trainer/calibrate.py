@@ -27,9 +27,8 @@ from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint
 from monoocc_ros.classes import IGNORE
 from monoocc_ros.data.dataset import load_splits
 from monoocc_ros.inference import resolve_device
-from monoocc_ros.model.head import repeat_voxels
 from monoocc_ros.model.monoocc import MonoOcc
-from monoocc_ros.trainer.engine import make_dataset, model_inputs, resolve_sequences
+from monoocc_ros.trainer.engine import expand_labels, make_dataset, model_inputs, resolve_sequences
 
 BINS = 200  # candidate thresholds 0.005, 0.010, ..., 0.995
 
@@ -63,7 +62,7 @@ def occupancy_histograms(
         for batch in tqdm(loader, desc="calibrate", unit="frame", disable=not progress):
             out = model(*model_inputs(batch, cfg, device))
             p = out["occupancy"].float().sigmoid()
-            p = repeat_voxels(p, batch["target"].shape[1] // p.shape[1])[0].cpu()
+            p = expand_labels(p, cfg.grid)[0].cpu()  # a coarser output repeated onto the grid
             target = batch["target"][0]
             valid = target != IGNORE
             for counts, mask in ((occupied, valid & (target > 0)), (empty, valid & (target == 0))):
@@ -85,7 +84,8 @@ def best_threshold(occupied: np.ndarray, empty: np.ndarray) -> tuple[float, floa
 
 def _training_sequences(root: str, sequences: tuple[str, ...] | None) -> tuple[str, ...]:
     chosen = resolve_sequences(root, sequences, "train")
-    val = set(load_splits(root).get("val", ())) | set(load_splits(root).get("test", ()))
+    splits = load_splits(root)
+    val = set(splits.get("val", ())) | set(splits.get("test", ()))
     held_out = sorted(set(chosen) & val)
     if held_out:
         raise ValueError(
