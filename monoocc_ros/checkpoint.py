@@ -141,6 +141,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
+def training_unfinished(data: dict[str, Any]) -> str | None:
+    """Why a training checkpoint is not a finished run ("step S, epoch E of ..."), None when it
+    is one. A run ends at `max_steps` or after `epochs`; an exported model (no optimizer state)
+    counts as finished: whoever exported it chose it."""
+    if "optimizer" not in data or "step" not in data or "epoch" not in data:
+        return None
+    cfg = data.get("train_config", {})
+    max_steps, epochs = cfg.get("max_steps"), cfg.get("epochs", 0)
+    if data["epoch"] >= epochs or (max_steps and data["step"] >= max_steps):
+        return None
+    return f"step {data['step']}, epoch {data['epoch']} of max_steps {max_steps}, epochs {epochs}"
+
+
 def check_weights_match(model: torch.nn.Module, weights: dict, source: str) -> None:
     """Raise CheckpointError naming missing/unexpected/mis-shaped keys instead of torch's generic error."""
     own = model.state_dict()

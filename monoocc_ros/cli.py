@@ -65,12 +65,12 @@ def _stats_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a model (.pt): a run's last.pt or an exported one")
     p.add_argument("--data", required=True, help="dataset root (ROOT/sequences/XX)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
     p.add_argument("--sequences", nargs="+", help="explicit sequences instead of the split's")
     p.add_argument("--predictions", help="write sequences/XX/predictions/NNNNNN.label (raw ids) under this root")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument(
         "--controls",
@@ -92,11 +92,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequences", nargs="+", help="explicit training sequences instead of the split's")
     p.add_argument("--frames", type=int, default=100, help="evenly spaced training frames (default 100)")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write (same weights)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (runs/NAME/last.pt) or a model")
     p.add_argument("--out", help=f"deployable checkpoint to write (no optimizer state), e.g. {DEFAULT_MODEL}")
     p.add_argument("--onnx", help="ONNX model to write (opset 20), for the onnxruntime backend")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
@@ -108,7 +108,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="RGB image (PNG/JPEG)")
     p.add_argument("--calib", help="KITTI calib.txt (P2 and Tr); default: KITTI's odometry calibration")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", required=True, help="output stem: writes OUT.label (raw ids) and OUT.png")
 
 

@@ -232,6 +232,17 @@ def test_distillation_from_a_trained_teacher(tmp_path, data_root):
     with pytest.raises(TeacherCacheError, match="another teacher checkpoint"):
         train(_config(tmp_path / "s9", data_root, max_steps=1, teacher_checkpoint=ckpt, teacher_cache=str(cache),
                       model_overrides={"loss": {"distill_feature": 1.0}}), device="cpu", progress=False)  # fmt: skip
+    # A distilled run resumes only with the teacher it started with ...
+    s1 = _config(tmp_path / "s1", data_root, max_steps=3, teacher_checkpoint=ckpt, teacher_cache="off",
+                 model_overrides={"loss": {"distill_feature": 1.0}})  # fmt: skip
+    with pytest.raises(CheckpointError, match="another teacher"):
+        train(s1, resume=str(s1.output_dir / "last.pt"), device="cpu", progress=False)
+    # ... and never from a teacher whose own run has not finished (it would move under the student).
+    t2 = _config(tmp_path / "t2", data_root, stage="teacher", model=str(teacher_yaml), max_steps=2)
+    train(t2, device="cpu", progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"unfinished run \(step 1, epoch 0 of max_steps 2"):
+        train(_config(tmp_path / "s8", data_root, max_steps=1, teacher_checkpoint=str(t2.output_dir / "last.pt"),
+                      model_overrides={"loss": {"distill_feature": 1.0}}), device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="needs a multi-frame model"):
         train(_config(tmp_path / "x", data_root, stage="teacher", max_steps=1), device="cpu", progress=False)
 

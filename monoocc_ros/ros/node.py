@@ -33,7 +33,7 @@ from monoocc_ros.msg import VoxelGrid
 from monoocc_ros.paths import default_model
 from monoocc_ros.ros.camera import MAX_PIXELS, InputError
 from monoocc_ros.ros.diagnostics import WINDOW_S, Inputs, NodeStats, RateWindow, assess
-from monoocc_ros.ros.params import PARAM_BY_NAME, PARAMS, NodeParams, cuda_errors, validate_params
+from monoocc_ros.ros.params import PARAM_BY_NAME, PARAMS, NodeParams
 from monoocc_ros.ros.pipeline import run_frame
 from monoocc_ros.ros.stamps import stamp_to_ns
 from monoocc_ros.ros.sync import StampPairer
@@ -55,10 +55,7 @@ class OccupancyNode(Node):
         values = {p.name: self.get_parameter(p.name).value for p in PARAMS}
         import torch
 
-        errors = validate_params(values) + cuda_errors(values, torch.cuda.is_available())
-        if errors:
-            raise ValueError("invalid parameters: " + "; ".join(errors))
-        self.params = NodeParams.of(values)
+        self.params = NodeParams.of(values, cuda_available=torch.cuda.is_available())  # ValueError: refuse to start
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.predictor = None

@@ -217,9 +217,12 @@ class NodeParams:
     max_failure_rate: float
 
     @classmethod
-    def of(cls, values: dict[str, Any]) -> NodeParams:
-        """From a name -> value map (rclpy's, or the defaults); ValueError listing every problem."""
+    def of(cls, values: dict[str, Any], cuda_available: bool | None = None) -> NodeParams:
+        """From a name -> value map (rclpy's, or the defaults); ValueError listing every problem.
+        With `cuda_available` (start-up), the settings that need CUDA are checked too."""
         errors = validate_params(values)
+        if cuda_available is not None:
+            errors += cuda_errors(values, cuda_available)
         missing = [p.name for p in PARAMS if p.name not in values]
         if missing or errors:
             raise ValueError("invalid parameters: " + "; ".join(errors + [f"{m} is missing" for m in missing]))

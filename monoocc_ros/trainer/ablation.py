@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monoocc_ros.checkpoint import load_checkpoint
+from monoocc_ros.checkpoint import load_checkpoint, training_unfinished
 from monoocc_ros.classes import CLASS_FREQUENCIES, CLASS_NAMES, SMALL_OBJECT_CLASSES
 from monoocc_ros.trainer.config import TrainConfig
 
@@ -59,9 +59,8 @@ def finished_metrics(directory: Path) -> dict | None:
     if not ckpt.is_file():
         return None
     data = load_checkpoint(ckpt)
-    cfg = data.get("train_config", {})
     done = data.get("metrics") and data["metrics"].get("step") == data["step"]
-    if not done or (data["epoch"] < cfg.get("epochs", 0) and data["step"] < (cfg.get("max_steps") or 1 << 60)):
+    if not done or training_unfinished(data):
         return None
     return data["metrics"]
 

@@ -37,6 +37,8 @@ from monoocc_ros.checkpoint import (
     config_differences,
     load_checkpoint,
     save_checkpoint,
+    sha256,
+    training_unfinished,
 )
 from monoocc_ros.data.dataset import (
     SPLITS_FILE,
@@ -331,6 +333,12 @@ def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) ->
             "nothing would be distilled (set a weight, or drop the teacher)"
         )
     teacher, tdata = build_model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+    unfinished = training_unfinished(tdata)
+    if unfinished:  # e.g. runs/teacher_tiny/last.pt while that run still trains: a moving target
+        raise ValueError(
+            f"teacher {cfg.teacher_checkpoint} is an unfinished run ({unfinished}): finish it with "
+            "`monoocc train --resume`, or `monoocc export` it to distil from it as it is"
+        )
     tc = tdata["model_config"]
     if (tc.embed_dim, tc.query_scale, tc.logits_scale, tc.grid) != (
         model_cfg.embed_dim,
@@ -351,8 +359,7 @@ def training_set(
 ) -> tuple[SemanticKITTIDataset | WithTeacherOutputs, MonoOcc | None]:
     """The training Dataset, and the teacher to run live in each step: None when there is no
     teacher or its outputs come from the cache (`teacher_cache`, trainer/teacher_cache.py)."""
-    from monoocc_ros.checkpoint import sha256
-    from monoocc_ros.trainer.teacher_cache import TeacherCache, WithTeacherOutputs, cache_key
+    from monoocc_ros.trainer.teacher_cache import TeacherCache, WithTeacherOutputs, cache_key, data_fingerprint
 
     root = cfg.data_root
     seqs = resolve_sequences(root, cfg.train_sequences, "train")
@@ -367,8 +374,10 @@ def training_set(
     assert cfg.teacher_checkpoint is not None  # load_teacher built the teacher from it
     sha = sha256(cfg.teacher_checkpoint)
     frames = list(student_set.items)
+    data_print = data_fingerprint(student_set)
     auto = cfg.teacher_cache == "auto"
-    path = cache_dir("teacher") / cache_key(sha, root, frames, with_logits) if auto else Path(cfg.teacher_cache)
+    key = cache_key(sha, root, data_print, frames, with_logits)
+    path = cache_dir("teacher") / key if auto else Path(cfg.teacher_cache)
     if not path.exists() and info.rank == 0:
         print(f"computing the teacher's outputs once for {len(frames)} training frames -> {path}", flush=True)
         teacher_set = make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar)
@@ -378,12 +387,13 @@ def training_set(
             path,
             sha,
             root,
+            data_print,
             with_logits,
             lambda b: model_inputs(b, tcfg, dev),
         )
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache
-    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, frames, with_logits)), None
+    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, data_print, frames, with_logits)), None
 
 
 def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> dict | None:
@@ -415,10 +425,11 @@ def _schedule(cfg: TrainConfig, frames_per_process: int, frames: int) -> tuple[i
 
 
 def _restore(
-    ckpt: dict, resume: str, cfg: TrainConfig, model, optimizer, scheduler, scaler
+    ckpt: dict, resume: str, cfg: TrainConfig, teacher_sha: str | None, model, optimizer, scheduler, scaler
 ) -> tuple[int, int, int, dict]:
     """Load a training checkpoint (`load_resumable`'s, from file `resume`) into the run's
-    objects; (step, epoch, step_in_epoch, metrics)."""
+    objects; (step, epoch, step_in_epoch, metrics). A distilled run resumes with the very
+    teacher it started with (`teacher_sha`: its checkpoint's SHA-256), or not at all."""
     diff = config_differences(ckpt["model_config"], model.cfg)
     if diff:
         raise CheckpointError(f"checkpoint {resume} was trained with a different model config; mismatched keys: {diff}")
@@ -429,6 +440,12 @@ def _restore(
                 f"checkpoint {resume} has {key}={train_ckpt[key]!r}, this config {getattr(cfg, key)!r}: "
                 "resume would not continue the same run"
             )
+    if ckpt.get("teacher_sha256", teacher_sha) != teacher_sha:
+        raise CheckpointError(
+            f"checkpoint {resume} was distilled from another teacher than {cfg.teacher_checkpoint or 'none'} "
+            f"(SHA-256 {str(ckpt.get('teacher_sha256'))[:12]}, now {str(teacher_sha)[:12]}): resume would change "
+            "what it learns from"
+        )
     check_weights_match(model, ckpt["weights"], f"checkpoint {resume}")
     model.load_state_dict(ckpt["weights"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -523,6 +540,7 @@ class _Run:
         ckpt = _preflight(cfg, model_cfg, resume, progress and info.is_main)
         torch.manual_seed(cfg.seed)
         teacher = load_teacher(cfg, model_cfg, dev)
+        self.teacher_sha = sha256(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
         self.train_set, self.teacher = training_set(cfg, model_cfg, teacher, dev, info)
         self.val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
         self.val_set = make_dataset(
@@ -549,7 +567,7 @@ class _Run:
         self.metrics: dict[str, Any] = {}
         if ckpt is not None and resume:
             self.step, self.epoch, self.step_in_epoch, self.metrics = _restore(
-                ckpt, resume, cfg, self.model, self.optimizer, self.scheduler, self.scaler
+                ckpt, resume, cfg, self.teacher_sha, self.model, self.optimizer, self.scheduler, self.scaler
             )
             del ckpt  # its tensors now live in the model and optimizer
         else:
@@ -592,6 +610,7 @@ class _Run:
             step_in_epoch=self.step_in_epoch,
             metrics=self.metrics,
             train_config=self.cfg.to_dict(),
+            teacher_sha256=self.teacher_sha,
             rng_state=torch.get_rng_state(),
         )
 

@@ -10,11 +10,13 @@ stored as float32, exactly what the live teacher would hand over (logits, only w
 
 Layout of a cache folder (written to a temporary name and renamed, so a folder that exists is
 complete):
-  meta.json                 teacher sha256 and config name, data root, the items in order, shapes
+  meta.json                 teacher sha256 and config name, data root, the data files' fingerprint,
+                            the items in order
   voxel_features.npy        (N, C, Xq, Yq, Zq) float32
   logits.npy                (N, 20, Xs, Ys, Zs) float16, only with logits
-A cache that does not match the teacher checkpoint or the training items is an error that says
-what differs; it is never used silently.
+A cache that does not match the teacher checkpoint, the data files (size and mtime of every file
+of the sequences, `data_fingerprint`) or the training items is an error that says what differs;
+it is never used silently.
 """
 
 from __future__ import annotations
@@ -36,16 +38,27 @@ if TYPE_CHECKING:
     from monoocc_ros.data.dataset import SemanticKITTIDataset
     from monoocc_ros.model.monoocc import MonoOcc
 
-FORMAT = 1
+FORMAT = 2  # 2: meta.json holds the data fingerprint
 
 
 class TeacherCacheError(ValueError):
     """A teacher cache that does not belong to this teacher or these training items."""
 
 
-def cache_key(teacher_sha256: str, data_root: str, items: list[tuple[str, int]], with_logits: bool) -> str:
-    """The default cache folder name: the teacher's content and the exact item list."""
-    text = json.dumps([FORMAT, teacher_sha256, str(Path(data_root).resolve()), items, with_logits])
+def data_fingerprint(dataset: SemanticKITTIDataset) -> str:
+    """A hash of every file of the Dataset's sequences (path, size, mtime): data written again
+    under the same frame names is other data."""
+    from monoocc_ros.data.item_cache import sequence_fingerprint
+
+    prints = {name: sequence_fingerprint(seq.path) for name, seq in sorted(dataset.sequences.items())}
+    return hashlib.sha256(json.dumps(prints).encode()).hexdigest()
+
+
+def cache_key(
+    teacher_sha256: str, data_root: str, data_print: str, items: list[tuple[str, int]], with_logits: bool
+) -> str:
+    """The default cache folder name: the teacher's content, the data files and the exact item list."""
+    text = json.dumps([FORMAT, teacher_sha256, str(Path(data_root).resolve()), data_print, items, with_logits])
     return f"{teacher_sha256[:12]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -58,7 +71,7 @@ class TeacherCache:
 
     @classmethod
     def open(
-        cls, path: str | Path, teacher_sha256: str, items: list[tuple[str, int]], with_logits: bool
+        cls, path: str | Path, teacher_sha256: str, data_print: str, items: list[tuple[str, int]], with_logits: bool
     ) -> TeacherCache:
         path = Path(path)
         meta_path = path / "meta.json"
@@ -73,6 +86,12 @@ class TeacherCache:
                 f"teacher cache {path} was computed by another teacher checkpoint (sha256 "
                 f"{meta['teacher_sha256'][:12]}, this one {teacher_sha256[:12]}); delete it or set teacher_cache "
                 "to a new folder"
+            )
+        if meta["data_fingerprint"] != data_print:
+            raise TeacherCacheError(
+                f"teacher cache {path} was computed from other data files (fingerprint "
+                f"{meta['data_fingerprint'][:12]}, now {data_print[:12]}: the data was written again); delete it or "
+                "set teacher_cache to a new folder"
             )
         cached = [tuple(i) for i in meta["items"]]
         if cached != list(items):
@@ -94,6 +113,7 @@ class TeacherCache:
         path: str | Path,
         teacher_sha256: str,
         data_root: str,
+        data_print: str,
         with_logits: bool,
         inputs,
         progress: bool = True,
@@ -129,7 +149,8 @@ class TeacherCache:
                 if array is not None:
                     array.flush()
             meta = {"format": FORMAT, "teacher_sha256": teacher_sha256, "teacher": teacher.cfg.name,
-                    "data_root": str(data_root), "items": items, "with_logits": with_logits}  # fmt: skip
+                    "data_root": str(data_root), "data_fingerprint": data_print, "items": items,
+                    "with_logits": with_logits}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta))
             del features, logits  # close the maps before the rename
             os.replace(tmp, path)
