@@ -115,7 +115,7 @@ def run(
             record = record_dir / f"{slug(variant, seed)}.json"
             if not record.is_file() and execute:
                 cfg = run_config(variant, seed, data_root, steps, teacher_steps, out)
-                if cfg.teacher_checkpoint and not Path(cfg.teacher_checkpoint).is_file():
+                if cfg.teacher_checkpoint and finished_metrics(Path(cfg.teacher_checkpoint).parent) is None:
                     train_variant(run_config("teacher", seed, data_root, steps, teacher_steps, out), device)
                 metrics, seconds = train_variant(cfg, device)
                 payload = {"variant": variant, "seed": seed, "steps": cfg.max_steps, "wall_seconds_last_call": seconds,

@@ -355,10 +355,16 @@ def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) ->
 
 
 def training_set(
-    cfg: TrainConfig, model_cfg: ModelConfig, teacher: MonoOcc | None, dev: torch.device, info: DistInfo
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    teacher: MonoOcc | None,
+    teacher_sha: str | None,
+    dev: torch.device,
+    info: DistInfo,
 ) -> tuple[SemanticKITTIDataset | WithTeacherOutputs, MonoOcc | None]:
     """The training Dataset, and the teacher to run live in each step: None when there is no
-    teacher or its outputs come from the cache (`teacher_cache`, trainer/teacher_cache.py)."""
+    teacher or its outputs come from the cache (`teacher_cache`, trainer/teacher_cache.py).
+    `teacher_sha`: the SHA-256 of the teacher's checkpoint file, what its cache is keyed by."""
     from monoocc_ros.trainer.teacher_cache import TeacherCache, WithTeacherOutputs, cache_key, data_fingerprint
 
     root = cfg.data_root
@@ -371,8 +377,8 @@ def training_set(
         return make_dataset(model_cfg, root, seqs, tcfg.frame_offsets, tcfg.privileged_lidar, items), teacher
     student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, item_cache=items)
     with_logits = bool(model_cfg.loss.distill_logit)
-    assert cfg.teacher_checkpoint is not None  # load_teacher built the teacher from it
-    sha = sha256(cfg.teacher_checkpoint)
+    assert teacher_sha is not None  # load_teacher built the teacher from its checkpoint
+    sha = teacher_sha
     frames = list(student_set.items)
     data_print = data_fingerprint(student_set)
     auto = cfg.teacher_cache == "auto"
@@ -541,7 +547,7 @@ class _Run:
         torch.manual_seed(cfg.seed)
         teacher = load_teacher(cfg, model_cfg, dev)
         self.teacher_sha = sha256(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
-        self.train_set, self.teacher = training_set(cfg, model_cfg, teacher, dev, info)
+        self.train_set, self.teacher = training_set(cfg, model_cfg, teacher, self.teacher_sha, dev, info)
         self.val_seqs = resolve_sequences(cfg.data_root, cfg.val_sequences, "val")
         self.val_set = make_dataset(
             model_cfg, cfg.data_root, self.val_seqs, model_cfg.frame_offsets, model_cfg.privileged_lidar,
