@@ -116,8 +116,11 @@ def test_onnxruntime_matches_torch_on_three_frames(exported, frames):
 @pytest.mark.parametrize("proposal_bias", [100.0, -100.0], ids=["all-proposed", "none-proposed"])
 def test_continuous_path_matches_within_1e3(tmp_path, frames, proposal_bias):
     """With the proposal decision fixed (every voxel, or none: the dynamic count at both ends),
-    nothing is discontinuous and every confidence must agree within 1e-3 on every frame (labels
-    too, but where two classes tie within float error)."""
+    the network is continuous up to its last decision: labels agree but where two classes tie,
+    or where P(occupied) sits at the fine head's threshold within float error (the label flips
+    to or from empty and its confidence jumps from P(occ) * P(class | occ) to P(empty): 0.31 seen
+    on one voxel of the distilled student). Where the labels agree, every confidence must agree
+    within 1e-3 on every frame."""
     model, _ = build_model_from_checkpoint(SHIPPED)
     with torch.no_grad():
         model.proposal.unet.out.bias.fill_(proposal_bias)
@@ -129,9 +132,13 @@ def test_continuous_path_matches_within_1e3(tmp_path, frames, proposal_bias):
     for rgb, calib in frames:
         prepared = torch_pred.prepare(rgb, calib["P2"], calib["Tr"])
         a, b = torch_pred.infer(prepared), ort_pred.infer(prepared)
-        diff = float((a[1] - b[1]).abs().max())
-        assert diff < 1e-3, f"confidences differ by up to {diff}"
-        assert float((a[0] == b[0]).float().mean()) >= 0.9999
+        same = a[0] == b[0]
+        assert float(same.float().mean()) >= 0.9999
+        diff = float((a[1] - b[1]).abs()[same].max())
+        assert diff < 1e-3, f"confidences of equal labels differ by up to {diff}"
+        flips = ~same  # each one a threshold crossing (one side empty) or a class tie (equal confidence)
+        explained = (a[0][flips] == 0) | (b[0][flips] == 0) | ((a[1] - b[1]).abs()[flips] < 1e-3)
+        assert bool(explained.all()), f"{int((~explained).sum())} label changes are neither"
 
 
 def test_volume_sampling_as_slice_pairs_equals_grid_sample():
