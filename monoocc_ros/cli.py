@@ -361,8 +361,12 @@ def _predict(args: argparse.Namespace) -> int:
 def _ablation(args: argparse.Namespace) -> int:
     from monoocc_ros.trainer.ablation import run as run_ablation
 
-    print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
-                       steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
+    try:
+        print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
+                           steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
+    except KeyboardInterrupt:
+        print("monoocc ablation: interrupted; run it again to continue where it stopped", file=sys.stderr)
+        return 130
     return 0
 
 

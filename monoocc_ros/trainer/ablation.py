@@ -85,7 +85,9 @@ def train_variant(cfg: TrainConfig, device: str) -> tuple[dict, float]:
 
     last = cfg.output_dir / "last.pt"
     start = time.perf_counter()
-    train(cfg, resume=str(last) if last.exists() else None, device=device)
+    result = train(cfg, resume=str(last) if last.exists() else None, device=device)
+    if result.get("interrupted"):  # Ctrl-C: last.pt holds the exact step; the next call resumes it
+        raise KeyboardInterrupt
     metrics = finished_metrics(cfg.output_dir)
     if metrics is None:
         raise RuntimeError(f"{cfg.name}: training returned without a finished run in {cfg.output_dir}")
