@@ -132,6 +132,24 @@ def test_tiny_configs_shapes_and_gradients(name):
     assert all("frame_embed" in n for n in zero), zero
 
 
+def test_without_the_2d_head_every_other_output_is_unchanged():
+    """The frozen teacher (cache, live distillation) and calibration skip the 2D head: that may
+    save its work and nothing else. In eval mode every other output must be bit-identical."""
+    torch.manual_seed(0)
+    cfg = load_named_config("teacher_tiny")
+    model = MonoOcc(cfg).eval()
+    images, proj = _inputs(cfg, batch=1)
+    lidar = torch.log1p(torch.poisson(torch.full((1, *cfg.query_grid.shape), 0.05)))
+    with torch.inference_mode():
+        full = model(images, proj, lidar)
+        lean = model(images, proj, lidar, with_2d=False)
+    assert full["semantic_2d"] is not None and lean["semantic_2d"] is None
+    assert set(full) == set(lean)
+    for key, value in full.items():
+        if key != "semantic_2d":
+            assert torch.equal(value, lean[key]), key
+
+
 @pytest.mark.slow
 def test_paper_size_student_forward_on_cpu():
     torch.manual_seed(0)

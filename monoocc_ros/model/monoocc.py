@@ -63,13 +63,20 @@ class MonoOcc(nn.Module):
             self.head = OccupancyHead(c, cfg.num_classes, cfg.query_scale // cfg.output_scale, cfg.upsample_logits)
 
     def forward(
-        self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        projections: torch.Tensor,
+        lidar_evidence: torch.Tensor | None = None,
+        *,
+        with_2d: bool = True,
     ) -> dict[str, torch.Tensor]:
         """images (B, K, 3, H, W) RGB in [0, 1]; projections (B, K, 3, 4) from this frame's grid
         frame to each image's pixels. K must equal len(cfg.frame_offsets). lidar_evidence
         (B, Xq, Yq, Zq): a privileged teacher's accumulated LiDAR (the Dataset's item). Returns
-        every output the losses use."""
-        return self._run(images, projections, with_2d=True, lidar_evidence=lidar_evidence)
+        every output the losses use. with_2d=False skips the training-only 2D semantic head
+        ("semantic_2d" is None): a frozen teacher's cached or live outputs and calibration never
+        use it, and it runs 3x3 convolutions at 1/4 of the image's resolution."""
+        return self._run(images, projections, with_2d=with_2d, lidar_evidence=lidar_evidence)
 
     def predict_grid(
         self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
@@ -125,7 +132,7 @@ class MonoOcc(nn.Module):
         }
         if isinstance(head, dict):
             outputs["occupancy"] = head["occupancy"]
-        return outputs if with_2d else {k: outputs[k] for k in ("logits", "occupancy") if k in outputs}
+        return outputs
 
 
 def _float(x: torch.Tensor | None) -> torch.Tensor | None:

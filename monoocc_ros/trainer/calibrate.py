@@ -60,7 +60,7 @@ def occupancy_histograms(
     model.eval()
     with torch.inference_mode():
         for batch in tqdm(loader, desc="calibrate", unit="frame", disable=not progress):
-            out = model(*model_inputs(batch, cfg, device))
+            out = model(*model_inputs(batch, cfg, device), with_2d=False)
             p = out["occupancy"].float().sigmoid()
             p = expand_labels(p, cfg.grid)[0].cpu()  # a coarser output repeated onto the grid
             target = batch["target"][0]

@@ -378,11 +378,10 @@ def training_set(
     student_set = make_dataset(model_cfg, root, seqs, model_cfg.frame_offsets, item_cache=items)
     with_logits = bool(model_cfg.loss.distill_logit)
     assert teacher_sha is not None  # load_teacher built the teacher from its checkpoint
-    sha = teacher_sha
     frames = list(student_set.items)
     data_print = data_fingerprint(student_set)
     auto = cfg.teacher_cache == "auto"
-    key = cache_key(sha, root, data_print, frames, with_logits)
+    key = cache_key(teacher_sha, root, data_print, frames, with_logits)
     path = cache_dir("teacher") / key if auto else Path(cfg.teacher_cache)
     if not path.exists() and info.rank == 0:
         print(f"computing the teacher's outputs once for {len(frames)} training frames -> {path}", flush=True)
@@ -391,7 +390,7 @@ def training_set(
             teacher,
             teacher_set,
             path,
-            sha,
+            teacher_sha,
             root,
             data_print,
             with_logits,
@@ -399,7 +398,7 @@ def training_set(
         )
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache
-    return WithTeacherOutputs(student_set, TeacherCache.open(path, sha, data_print, frames, with_logits)), None
+    return WithTeacherOutputs(student_set, TeacherCache.open(path, teacher_sha, data_print, frames, with_logits)), None
 
 
 def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> dict | None:
@@ -467,8 +466,8 @@ def _teacher_out(batch: dict, teacher: MonoOcc | None, dev: torch.device, amp: b
     and LiDAR, which the Dataset loaded), or None without a teacher."""
     if teacher is not None:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            out = teacher(*model_inputs(batch, teacher.cfg, dev))
-        return {k: v.float() for k, v in out.items()}
+            out = teacher(*model_inputs(batch, teacher.cfg, dev), with_2d=False)
+        return {k: v.float() for k, v in out.items() if v is not None}
     return teacher_outputs(batch, dev) if "teacher_voxel_features" in batch else None
 
 

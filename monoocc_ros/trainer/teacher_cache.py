@@ -131,7 +131,7 @@ class TeacherCache:
         try:
             with torch.inference_mode():
                 for row, batch in enumerate(tqdm(loader, desc="teacher cache", unit="frame", disable=not progress)):
-                    out = teacher(*inputs(batch))
+                    out = teacher(*inputs(batch), with_2d=False)  # the 2D head's output is never cached
                     f = out["voxel_features"][0].float().cpu().numpy()
                     if features is None:
                         features = np.lib.format.open_memmap(
