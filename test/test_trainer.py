@@ -144,9 +144,17 @@ def test_ablation_table_reports_spread_and_missing_runs():
     assert set(RARE_CLASSES) == {2, 3, 6, 7, 8, 19}  # bicycle, motorcycle, person, bicyclist, motorcyclist, sign
     run = {"completion_iou": 50.0, "miou": 20.0, "small_object_iou": 5.0, "class_iou": [0.0] * 20}
     run2 = dict(run, miou=24.0)
-    text = format_results({"student (full)": [run, run2], "teacher": []}, [42, 43])
-    assert "| student (full) | 50.00 ± 0.00 (n=2) | 22.00 ± 2.00 (n=2) |" in text
-    assert "| teacher | not run | not run | not run | not run |" in text
+    other = {"completion_iou": 45.0, "miou": 9.0, "small_object_iou": 0.0, "class_iou": [0.0] * 20}
+    records = [{"metrics": run, "controls": {"other_image": other}}, {"metrics": run2}]
+    text = format_results({"student (full)": records, "teacher": []}, [42, 43])
+    # The other-image control counts only the runs that measured it (n=1 of 2).
+    assert "| student (full) | 50.00 ± 0.00 (n=2) | 22.00 ± 2.00 (n=2) | 9.00 (n=1) | 5.00 ± 0.00 (n=2) |" in text
+    assert "| teacher | not run | not run | not run | not run | not run |" in text
+    assert "| image-free prior (control) | not computed | not computed |" in text
+    prior = {"metrics": dict(run, completion_iou=40.88, miou=4.11, small_object_iou=0.5)}
+    text = format_results({"student (full)": [{"metrics": run}]}, [42], prior=prior)
+    assert "| student (full) | 50.00 (n=1) | 20.00 (n=1) | not measured |" in text
+    assert "| image-free prior (control) | 40.88 | 4.11 | (no image) | 0.50 | 0.00 |" in text
 
 
 def test_ablation_tabulates_committed_records_without_training(tmp_path):
@@ -161,12 +169,51 @@ def test_ablation_tabulates_committed_records_without_training(tmp_path):
         for variant, miou in (("student (full)", full), ("student w/o distillation", nodistill)):
             metrics = {"completion_iou": 50.0, "miou": miou, "small_object_iou": 1.0, "class_iou": [0.0] * 20}
             (records / f"{slug(variant, seed)}.json").write_text(json.dumps({"metrics": metrics}))
+    prior = {"completion_iou": 40.0, "miou": 4.0, "small_object_iou": 0.0, "class_iou": [0.0] * 20}
+    (records / "prior.json").write_text(json.dumps({"metrics": prior}))
     text = run("unused", [42, 43, 44], str(tmp_path / "runs"), execute=False, results=str(tmp_path / "r.md"),
                records=str(records))  # fmt: skip
     assert "| student (full) | 50.00 ± 0.00 (n=3) | 21.00 ± 0.82 (n=3) |" in text
     assert "| student w/o distillation | 50.00 ± 0.00 (n=3) | 18.00 ± 0.41 (n=3) |" in text
     assert "lower (-3.00 mIoU, beyond the seed spread 0.82)" in text
     assert "| teacher | not run |" in text and not (tmp_path / "runs").exists()
+    assert "| image-free prior (control) | 40.00 | 4.00 | (no image) |" in text
+
+
+def test_ablation_adds_controls_from_the_runs_own_checkpoint(tmp_path, data_root):
+    """Records written before the controls existed get them from their run's checkpoint, once,
+    and only when that checkpoint is the run the record describes; the prior is computed once."""
+    import json
+
+    from monoocc_ros.trainer.ablation import add_controls, finished_metrics, prior_record
+    from monoocc_ros.trainer.evaluate import evaluate_other_image
+
+    cfg = _config(tmp_path, data_root, max_steps=1)
+    train(cfg, device="cpu", progress=False)
+    metrics = finished_metrics(cfg.output_dir)
+    assert metrics is not None
+    record, stale = tmp_path / "r.json", tmp_path / "stale.json"
+    record.write_text(json.dumps({"data_root": str(data_root), "metrics": metrics}))
+    stale.write_text(json.dumps({"data_root": str(data_root), "metrics": dict(metrics, miou=metrics["miou"] + 1)}))
+    add_controls(record, cfg.output_dir, "cpu")
+    with pytest.warns(UserWarning, match="is not the run of"):
+        add_controls(stale, cfg.output_dir, "cpu")
+    data = json.loads(record.read_text())
+    expected, donors = evaluate_other_image(str(cfg.output_dir / "last.pt"), str(data_root), "val", "cpu", False)
+    assert data["controls"]["image_donors"] == donors == {"08": "00"}  # the val world sees the train world's images
+    assert data["controls"]["other_image"]["miou"] == pytest.approx(expected.miou)
+    assert data["metrics"] == metrics and "controls" not in json.loads(stale.read_text())
+    before = record.stat().st_mtime_ns
+    add_controls(record, tmp_path / "no_such_run", "cpu")  # already measured: untouched
+    add_controls(record, cfg.output_dir, "cpu")
+    assert record.stat().st_mtime_ns == before
+
+    path = tmp_path / "prior.json"
+    assert prior_record(path, None) is None  # --no-train and nothing computed: nothing invented
+    prior = prior_record(path, str(data_root))
+    assert prior is not None and (prior["split"], prior["prior_split"]) == ("val", "train")
+    assert 0.0 < prior["metrics"]["completion_iou"] <= 100.0
+    assert prior_record(path, None) == prior  # read back, not recomputed
 
 
 def test_train_config_errors_name_the_key(tmp_path):

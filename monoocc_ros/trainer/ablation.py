@@ -11,6 +11,13 @@ never trained again, so `make ablation` continues across sessions and machines w
 one stopped. (A distilled variant needs its seed's teacher checkpoint: on a machine without
 runs/, a teacher whose JSON exists is trained again, deterministically from its seed.)
 
+Controls (`monoocc_ros.trainer.controls`), so that no row is read without them: each finished
+run's record also holds its other-image control (its validation scores with other worlds'
+images), and `results/ablation/prior.json` the image-free prior's scores on the same frames.
+A record written before the controls existed gets its control from its run's checkpoint when
+that is still on this machine (and its scores match the record's), else the column says how
+many runs were measured.
+
 The table (mean ± standard deviation over seeds, the paper's direction beside each component)
 goes to docs/results.md. Variants without a finished run are listed as not run, never filled in.
 """
@@ -19,14 +26,19 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monoocc_ros.checkpoint import load_checkpoint, training_unfinished
 from monoocc_ros.classes import CLASS_FREQUENCIES, CLASS_NAMES, SMALL_OBJECT_CLASSES
 from monoocc_ros.trainer.config import TrainConfig
+
+if TYPE_CHECKING:
+    from monoocc_ros.metrics import SSCScores
 
 # The six rarest classes by SemanticKITTI voxel frequency (derived, not hand-picked).
 RARE_CLASSES = tuple(int(c) + 1 for c in np.argsort(CLASS_FREQUENCIES[1:])[:6])
@@ -47,6 +59,7 @@ PAPER_DIRECTION = {
     "student w/o ICCA": "lower (ICCA: about +0.5 to +1 mIoU)",
     "teacher": "higher than the student (the privileged model)",
 }
+PRIOR_RECORD = "prior.json"  # the image-free prior's scores, beside the runs' records
 
 
 def slug(variant: str, seed: int) -> str:
@@ -111,6 +124,7 @@ def run(
 
         resolve_sequences(data_root, None, "train")  # a missing or incomplete root fails here, not mid-run
     record_dir.mkdir(parents=True, exist_ok=True)
+    prior = prior_record(record_dir / PRIOR_RECORD, data_root if execute else None)
     table: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in VARIANTS:
@@ -122,14 +136,68 @@ def run(
                 metrics, seconds = train_variant(cfg, device)
                 payload = {"variant": variant, "seed": seed, "steps": cfg.max_steps, "wall_seconds_last_call": seconds,
                            "data_root": data_root, "metrics": metrics, "train_config": cfg.to_dict()}  # fmt: skip
-                tmp = record.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(payload, indent=1, default=str))
-                tmp.replace(record)
+                _write_json(record, payload)
+            if record.is_file() and execute:
+                add_controls(record, out / slug(variant, seed), device)
             if record.is_file():
-                table[variant].append(json.loads(record.read_text())["metrics"])
-    text = format_results(table, seeds, steps, teacher_steps)
+                table[variant].append(json.loads(record.read_text()))
+    text = format_results(table, seeds, steps, teacher_steps, prior)
     Path(results).write_text(text)
     return text
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Temporary file + rename: an interrupted write never leaves half a record."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _brief(scores: SSCScores) -> dict:
+    """The scores a record keeps (the table's columns), in the form of the runs' own metrics."""
+    return {
+        "completion_iou": scores.completion_iou,
+        "miou": scores.miou,
+        "precision": scores.precision,
+        "recall": scores.recall,
+        "small_object_iou": scores.small_object_iou,
+        "class_iou": [float(v) for v in scores.class_iou],
+    }
+
+
+def prior_record(path: Path, data_root: str | None) -> dict | None:
+    """The image-free prior's record: read when present, else computed (with `data_root`) and
+    written; None when absent and there is no data to compute it from (`--no-train`)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    if data_root is None:
+        return None
+    from monoocc_ros.trainer.evaluate import prior_scores
+
+    payload = {"data_root": data_root, "split": "val", "prior_split": "train",
+               "metrics": _brief(prior_scores(data_root, "val", "train"))}  # fmt: skip
+    _write_json(path, payload)
+    return payload
+
+
+def add_controls(record: Path, run_dir: Path, device: str) -> None:
+    """Adds the other-image control to a record that lacks it, from the run's checkpoint. Left
+    as it is (and counted as not measured) when the checkpoint is gone or is not the run the
+    record describes (its final validation scores differ)."""
+    data = json.loads(record.read_text())
+    if "controls" in data:
+        return
+    metrics = finished_metrics(run_dir)
+    if metrics is None:
+        return
+    if any(abs(metrics[k] - data["metrics"][k]) > 1e-9 for k in ("completion_iou", "miou")):
+        warnings.warn(f"{run_dir}/last.pt is not the run of {record} (other scores): no control added", stacklevel=2)
+        return
+    from monoocc_ros.trainer.evaluate import evaluate_other_image
+
+    scores, donors = evaluate_other_image(str(run_dir / "last.pt"), data["data_root"], "val", device)
+    data["controls"] = {"other_image": _brief(scores), "image_donors": donors}
+    _write_json(record, data)
 
 
 def _stat(values: list[float]) -> str:
@@ -142,8 +210,8 @@ def _stat(values: list[float]) -> str:
 
 def _direction(table: dict[str, list[dict]], variant: str) -> str:
     """What this table shows for a component, against the full student, in words."""
-    full = [m["miou"] for m in table.get("student (full)", [])]
-    mine = [m["miou"] for m in table.get(variant, [])]
+    full = [r["metrics"]["miou"] for r in table.get("student (full)", [])]
+    mine = [r["metrics"]["miou"] for r in table.get(variant, [])]
     if len(full) < 2 or len(mine) < 2:
         return "too few runs to say"
     diff = float(np.mean(mine) - np.mean(full))
@@ -154,7 +222,19 @@ def _direction(table: dict[str, list[dict]], variant: str) -> str:
     return f"{word} ({diff:+.2f} mIoU, beyond the seed spread {spread:.2f})"
 
 
-def format_results(table: dict[str, list[dict]], seeds: list[int], steps: int = 1500, teacher_steps: int = 3000) -> str:
+def _rare(metrics: dict) -> float:
+    return float(np.mean([metrics["class_iou"][c] for c in RARE_CLASSES]))
+
+
+def format_results(
+    table: dict[str, list[dict]],
+    seeds: list[int],
+    steps: int = 1500,
+    teacher_steps: int = 3000,
+    prior: dict | None = None,
+) -> str:
+    """The markdown of docs/results.md from the records (each {"metrics": ..., optionally
+    "controls": {"other_image": ...}}) of each variant and the prior's record."""
     lines = [
         "# Ablation on the synthetic benchmark (CPU-size models)",
         "",
@@ -165,18 +245,32 @@ def format_results(table: dict[str, list[dict]], seeds: list[int], steps: int = 
         "full 256x256x32 grid, official SSC definitions.",
         f"Small objects: {', '.join(CLASS_NAMES[c] for c in SMALL_OBJECT_CLASSES)}. Rare classes (six least frequent",
         f"in SemanticKITTI): {', '.join(CLASS_NAMES[c] for c in RARE_CLASSES)}.",
+        'Controls (`monoocc eval --controls`): "other images" is the same run\'s mIoU when each frame is shown',
+        "another world's image (the teacher keeps its LiDAR); the image-free prior is each voxel's most frequent",
+        "training class, no image and no network. A row that does not beat them has learned the layout,",
+        "not perception.",
         "",
-        "| variant | completion IoU | mIoU | small-object IoU | rare-class IoU | paper: mIoU of this variant | here |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | completion IoU | mIoU | mIoU, other images | small-object IoU | rare-class IoU "
+        "| paper: mIoU of this variant | here |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for variant, runs in table.items():
-        ciou = [m["completion_iou"] for m in runs]
-        miou = [m["miou"] for m in runs]
-        small = [m["small_object_iou"] for m in runs]
-        rare = [float(np.mean([m["class_iou"][c] for c in RARE_CLASSES])) for m in runs]
+    for variant, records in table.items():
+        runs = [r["metrics"] for r in records]
+        other = [r["controls"]["other_image"]["miou"] for r in records if "controls" in r]
+        other_text = _stat(other) if other else ("not measured" if runs else "not run")
         paper = PAPER_DIRECTION.get(variant, "(reference)")
         here = _direction(table, variant) if variant in PAPER_DIRECTION else ""
         lines.append(
-            f"| {variant} | {_stat(ciou)} | {_stat(miou)} | {_stat(small)} | {_stat(rare)} | {paper} | {here} |"
+            f"| {variant} | {_stat([m['completion_iou'] for m in runs])} | {_stat([m['miou'] for m in runs])} "
+            f"| {other_text} | {_stat([m['small_object_iou'] for m in runs])} "
+            f"| {_stat([_rare(m) for m in runs])} | {paper} | {here} |"
+        )
+    if prior is None:
+        lines.append("| image-free prior (control) | not computed | not computed | | | | (control) | |")
+    else:
+        m = prior["metrics"]
+        lines.append(
+            f"| image-free prior (control) | {m['completion_iou']:.2f} | {m['miou']:.2f} | (no image) "
+            f"| {m['small_object_iou']:.2f} | {_rare(m):.2f} | (control) | |"
         )
     return "\n".join(lines) + "\n"

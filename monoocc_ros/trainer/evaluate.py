@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from monoocc_ros.checkpoint import build_model_from_checkpoint
-from monoocc_ros.data.dataset import SemanticKITTIDataset
+from monoocc_ros.data.dataset import DatasetConfig, SemanticKITTIDataset
 from monoocc_ros.inference import resolve_device
 from monoocc_ros.metrics import SSCScores
 from monoocc_ros.trainer.controls import (
@@ -79,6 +79,26 @@ def evaluate_with_controls(
         prior_sequences=prior_seqs,
         donors=donors,
     )
+
+
+def evaluate_other_image(
+    checkpoint: str, data: str, split: str = "val", device: str = "auto", progress: bool = True
+) -> tuple[SSCScores, dict[str, str]]:
+    """The other-image control alone (the scores with other worlds' images, and which sequence
+    lent its images to which): for a run whose own scores are already known, e.g. the ablation's."""
+    model, dataset, dev = _load(checkpoint, data, split, None, device)
+    donors = donor_sequences(data, dataset.cfg.sequences)
+    other = OtherImageDataset(dataset, donors)
+    return evaluate(model, other, dev, progress=progress, desc="other image"), donors
+
+
+def prior_scores(data: str, split: str = "val", prior_split: str = "train", progress: bool = True) -> SSCScores:
+    """The image-free prior control alone: the prior of `prior_split` scored on `split`, on the
+    same targets and camera-view masks as a model's evaluation (no model needed)."""
+    seqs = resolve_sequences(data, None, split)
+    prior = image_free_prior(data, resolve_sequences(data, None, prior_split), progress)
+    dataset = SemanticKITTIDataset(DatasetConfig(root=data, sequences=seqs, downsample=(), load_points=False))
+    return score_fixed_prediction(prior, dataset, progress)
 
 
 def _run(args: argparse.Namespace) -> tuple[SSCScores, ControlReport | None]:
