@@ -166,6 +166,12 @@ def _ablation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--results", default="docs/results.md")
     p.add_argument("--no-train", action="store_true", help="only tabulate the runs that finished")
+    p.add_argument(
+        "--controls",
+        action="store_true",
+        help="with --no-train: also measure the controls missing from finished runs whose checkpoints are here "
+        "(evaluation only)",
+    )
 
 
 def _backends_options(p: argparse.ArgumentParser, defaults: tuple) -> None:
@@ -363,7 +369,8 @@ def _ablation(args: argparse.Namespace) -> int:
 
     try:
         print(run_ablation(args.data, args.seeds, args.out, not args.no_train, args.results,
-                           steps=args.steps, teacher_steps=args.teacher_steps))  # fmt: skip
+                           steps=args.steps, teacher_steps=args.teacher_steps,
+                           controls=True if args.controls else None))  # fmt: skip
     except KeyboardInterrupt:
         print("monoocc ablation: interrupted; run it again to continue where it stopped", file=sys.stderr)
         return 130

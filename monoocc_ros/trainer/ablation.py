@@ -117,14 +117,18 @@ def run(
     steps: int = 1500,
     teacher_steps: int = 3000,
     records: str = "results/ablation",
+    controls: bool | None = None,
 ) -> str:
+    """Trains what is missing (`execute`), measures the controls that are missing (`controls`,
+    default: when training; evaluation only, no training with execute=False), and writes the table."""
     out, record_dir = Path(out_root), Path(records)
-    if execute:
+    controls = execute if controls is None else controls
+    if execute or controls:
         from monoocc_ros.trainer.engine import resolve_sequences
 
         resolve_sequences(data_root, None, "train")  # a missing or incomplete root fails here, not mid-run
     record_dir.mkdir(parents=True, exist_ok=True)
-    prior = prior_record(record_dir / PRIOR_RECORD, data_root if execute else None)
+    prior = prior_record(record_dir / PRIOR_RECORD, data_root if controls else None)
     table: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in VARIANTS:
@@ -137,7 +141,7 @@ def run(
                 payload = {"variant": variant, "seed": seed, "steps": cfg.max_steps, "wall_seconds_last_call": seconds,
                            "data_root": data_root, "metrics": metrics, "train_config": cfg.to_dict()}  # fmt: skip
                 _write_json(record, payload)
-            if record.is_file() and execute:
+            if record.is_file() and controls:
                 add_controls(record, out / slug(variant, seed), device)
             if record.is_file():
                 table[variant].append(json.loads(record.read_text()))
