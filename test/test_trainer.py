@@ -181,39 +181,47 @@ def test_ablation_tabulates_committed_records_without_training(tmp_path):
 
 
 def test_ablation_adds_controls_from_the_runs_own_checkpoint(tmp_path, data_root):
-    """Records written before the controls existed get them from their run's checkpoint, once,
-    and only when that checkpoint is the run the record describes; the prior is computed once."""
+    """Records written before the controls existed get them from their run's checkpoint
+    (`monoocc ablation --no-train --controls`), once, and only when that checkpoint is the run
+    the record describes; the prior is computed once, as `monoocc eval --controls` scores it."""
     import json
 
-    from monoocc_ros.trainer.ablation import add_controls, finished_metrics, prior_record
-    from monoocc_ros.trainer.evaluate import evaluate_other_image
+    from monoocc_ros.trainer.ablation import add_controls, finished_metrics, prior_record, run, slug
+    from monoocc_ros.trainer.evaluate import evaluate_other_image, evaluate_with_controls
 
-    cfg = _config(tmp_path, data_root, max_steps=1)
+    out, records = tmp_path / "runs", tmp_path / "records"
+    cfg = _config(tmp_path, data_root, max_steps=1, out_dir=str(out / slug("student (full)", 42)))
     train(cfg, device="cpu", progress=False)
     metrics = finished_metrics(cfg.output_dir)
     assert metrics is not None
-    record, stale = tmp_path / "r.json", tmp_path / "stale.json"
-    record.write_text(json.dumps({"data_root": str(data_root), "metrics": metrics}))
-    stale.write_text(json.dumps({"data_root": str(data_root), "metrics": dict(metrics, miou=metrics["miou"] + 1)}))
-    add_controls(record, cfg.output_dir, "cpu")
+    records.mkdir()
+    record, stale = records / f"{slug('student (full)', 42)}.json", tmp_path / "stale.json"
+    record.write_text(json.dumps({"data_root": "elsewhere", "metrics": metrics}))
+    stale.write_text(json.dumps({"metrics": dict(metrics, miou=metrics["miou"] + 1)}))
     with pytest.warns(UserWarning, match="is not the run of"):
-        add_controls(stale, cfg.output_dir, "cpu")
+        add_controls(stale, cfg.output_dir, str(data_root), "cpu")
+    assert "controls" not in json.loads(stale.read_text())
+
+    text = run(str(data_root), [42], str(out), execute=False, results=str(tmp_path / "r.md"), records=str(records),
+               controls=True)  # fmt: skip
     data = json.loads(record.read_text())
-    expected, donors = evaluate_other_image(str(cfg.output_dir / "last.pt"), str(data_root), "val", "cpu", False)
+    ckpt = str(cfg.output_dir / "last.pt")
+    expected, donors = evaluate_other_image(ckpt, str(data_root), "val", None, "cpu", False)
     assert data["controls"]["image_donors"] == donors == {"08": "00"}  # the val world sees the train world's images
     assert data["controls"]["other_image"]["miou"] == pytest.approx(expected.miou)
-    assert data["metrics"] == metrics and "controls" not in json.loads(stale.read_text())
-    before = record.stat().st_mtime_ns
-    add_controls(record, tmp_path / "no_such_run", "cpu")  # already measured: untouched
-    add_controls(record, cfg.output_dir, "cpu")
-    assert record.stat().st_mtime_ns == before
+    assert data["metrics"] == metrics and f"| {expected.miou:.2f} (n=1) |" in text
+    report = evaluate_with_controls(ckpt, str(data_root), "val", device="cpu", progress=False)
+    prior = json.loads((records / "prior.json").read_text())
+    assert prior["metrics"]["completion_iou"] == pytest.approx(report.prior.completion_iou)
+    assert prior["metrics"]["miou"] == pytest.approx(report.prior.miou)
+    assert f"| image-free prior (control) | {report.prior.completion_iou:.2f} |" in text
 
-    path = tmp_path / "prior.json"
-    assert prior_record(path, None) is None  # --no-train and nothing computed: nothing invented
-    prior = prior_record(path, str(data_root))
-    assert prior is not None and (prior["split"], prior["prior_split"]) == ("val", "train")
-    assert 0.0 < prior["metrics"]["completion_iou"] <= 100.0
-    assert prior_record(path, None) == prior  # read back, not recomputed
+    before = record.read_bytes()
+    add_controls(record, tmp_path / "no_such_run", str(data_root), "cpu")  # already measured: untouched
+    add_controls(record, cfg.output_dir, str(data_root), "cpu")
+    assert record.read_bytes() == before
+    assert prior_record(tmp_path / "none.json", None) is None  # --no-train alone: nothing invented
+    assert prior_record(records / "prior.json", None) == prior  # read back, not recomputed
 
 
 def test_train_config_errors_name_the_key(tmp_path):

@@ -142,7 +142,7 @@ def run(
                            "data_root": data_root, "metrics": metrics, "train_config": cfg.to_dict()}  # fmt: skip
                 _write_json(record, payload)
             if record.is_file() and controls:
-                add_controls(record, out / slug(variant, seed), device)
+                add_controls(record, out / slug(variant, seed), data_root, device)
             if record.is_file():
                 table[variant].append(json.loads(record.read_text()))
     text = format_results(table, seeds, steps, teacher_steps, prior)
@@ -153,7 +153,7 @@ def run(
 def _write_json(path: Path, payload: dict) -> None:
     """Temporary file + rename: an interrupted write never leaves half a record."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     tmp.replace(path)
 
 
@@ -170,10 +170,13 @@ def _brief(scores: SSCScores) -> dict:
 
 
 def prior_record(path: Path, data_root: str | None) -> dict | None:
-    """The image-free prior's record: read when present, else computed (with `data_root`) and
-    written; None when absent and there is no data to compute it from (`--no-train`)."""
+    """The image-free prior's record: read when present and made from `data_root` (any root
+    when None: `--no-train` only tabulates), else computed from `data_root` and written; None
+    when absent and there is no data to compute it from."""
     if path.is_file():
-        return json.loads(path.read_text())
+        prior = json.loads(path.read_text())
+        if data_root is None or prior.get("data_root") == data_root:
+            return prior
     if data_root is None:
         return None
     from monoocc_ros.trainer.evaluate import prior_scores
@@ -184,10 +187,11 @@ def prior_record(path: Path, data_root: str | None) -> dict | None:
     return payload
 
 
-def add_controls(record: Path, run_dir: Path, device: str) -> None:
-    """Adds the other-image control to a record that lacks it, from the run's checkpoint. Left
-    as it is (and counted as not measured) when the checkpoint is gone or is not the run the
-    record describes (its final validation scores differ)."""
+def add_controls(record: Path, run_dir: Path, data_root: str, device: str) -> None:
+    """Adds the other-image control to a record that lacks it, from the run's checkpoint, on
+    `data_root` (this machine's copy of the data) and the validation sequences the run was
+    scored on. Left as it is (and counted as not measured) when the checkpoint is gone or is
+    not the run the record describes (its final validation scores differ)."""
     data = json.loads(record.read_text())
     if "controls" in data:
         return
@@ -199,7 +203,10 @@ def add_controls(record: Path, run_dir: Path, device: str) -> None:
         return
     from monoocc_ros.trainer.evaluate import evaluate_other_image
 
-    scores, donors = evaluate_other_image(str(run_dir / "last.pt"), data["data_root"], "val", device)
+    val = data.get("train_config", {}).get("val_sequences")
+    scores, donors = evaluate_other_image(
+        str(run_dir / "last.pt"), data_root, "val", tuple(val) if val else None, device
+    )
     data["controls"] = {"other_image": _brief(scores), "image_donors": donors}
     _write_json(record, data)
 

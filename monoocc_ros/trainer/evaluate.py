@@ -82,11 +82,16 @@ def evaluate_with_controls(
 
 
 def evaluate_other_image(
-    checkpoint: str, data: str, split: str = "val", device: str = "auto", progress: bool = True
+    checkpoint: str,
+    data: str,
+    split: str = "val",
+    sequences: tuple[str, ...] | None = None,
+    device: str = "auto",
+    progress: bool = True,
 ) -> tuple[SSCScores, dict[str, str]]:
     """The other-image control alone (the scores with other worlds' images, and which sequence
     lent its images to which): for a run whose own scores are already known, e.g. the ablation's."""
-    model, dataset, dev = _load(checkpoint, data, split, None, device)
+    model, dataset, dev = _load(checkpoint, data, split, sequences, device)
     donors = donor_sequences(data, dataset.cfg.sequences)
     other = OtherImageDataset(dataset, donors)
     return evaluate(model, other, dev, progress=progress, desc="other image"), donors
