@@ -155,6 +155,12 @@ def test_ablation_table_reports_spread_and_missing_runs():
     text = format_results({"student (full)": [{"metrics": run}]}, [42], prior=prior)
     assert "| student (full) | 50.00 (n=1) | 20.00 (n=1) | not measured |" in text
     assert "| image-free prior (control) | 40.88 | 4.11 | (no image) | 0.50 | 0.00 |" in text
+    assert "Teacher's margin over the full student: no seed has both runs yet." in text
+    teacher = [{"seed": 42, "metrics": dict(run, miou=27.0)}, {"seed": 43, "metrics": dict(run, miou=30.0)},
+               {"seed": 44, "metrics": dict(run, miou=99.0)}]  # fmt: skip
+    students = [{"seed": 43, "metrics": run2}, {"seed": 42, "metrics": run}]  # seed 44's student has not run
+    text = format_results({"teacher": teacher, "student (full)": students}, [42, 43, 44])
+    assert "margin over the full student: +6.50 ± 0.50 mIoU (n=2; per seed 42: +7.00, 43: +6.00)." in text
 
 
 def test_ablation_tabulates_committed_records_without_training(tmp_path):

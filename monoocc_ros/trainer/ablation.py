@@ -284,4 +284,20 @@ def format_results(
             f"| image-free prior (control) | {m['completion_iou']:.2f} | {m['miou']:.2f} | (no image) "
             f"| {m['small_object_iou']:.2f} | {_rare(m):.2f} | (control) | |"
         )
+    lines += ["", _margin(table)]
     return "\n".join(lines) + "\n"
+
+
+def _margin(table: dict[str, list[dict]]) -> str:
+    """The teacher's mIoU minus the full student's, seed by seed (the student distils from its
+    own seed's teacher), in words."""
+    teacher = {r.get("seed"): r["metrics"]["miou"] for r in table.get("teacher", [])}
+    full = {r.get("seed"): r["metrics"]["miou"] for r in table.get("student (full)", [])}
+    seeds = sorted(s for s in teacher.keys() & full.keys() if s is not None)
+    if not seeds:
+        return "Teacher's margin over the full student: no seed has both runs yet."
+    diffs = np.asarray([teacher[s] - full[s] for s in seeds])
+    spread = f" ± {diffs.std(ddof=0):.2f}" if diffs.size > 1 else ""
+    per_seed = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(seeds, diffs, strict=True))
+    mean = f"{diffs.mean():+.2f}{spread} mIoU"
+    return f"Teacher's margin over the full student: {mean} (n={diffs.size}; per seed {per_seed})."
