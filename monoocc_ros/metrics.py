@@ -46,6 +46,13 @@ class SSCScores:
             del d["in_view"]
         return d
 
+    def summary(self) -> dict:
+        """The headline figures and the per-class IoU as a list: what a training run's
+        checkpoint and the ablation's records keep."""
+        return {"completion_iou": self.completion_iou, "miou": self.miou, "precision": self.precision,
+                "recall": self.recall, "small_object_iou": self.small_object_iou,
+                "class_iou": list(self.class_iou)}  # fmt: skip
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

@@ -29,16 +29,12 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monoocc_ros.checkpoint import load_checkpoint, training_unfinished
 from monoocc_ros.classes import CLASS_FREQUENCIES, CLASS_NAMES, SMALL_OBJECT_CLASSES
 from monoocc_ros.trainer.config import TrainConfig
-
-if TYPE_CHECKING:
-    from monoocc_ros.metrics import SSCScores
 
 # The six rarest classes by SemanticKITTI voxel frequency (derived, not hand-picked).
 RARE_CLASSES = tuple(int(c) + 1 for c in np.argsort(CLASS_FREQUENCIES[1:])[:6])
@@ -157,18 +153,6 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def _brief(scores: SSCScores) -> dict:
-    """The scores a record keeps (the table's columns), in the form of the runs' own metrics."""
-    return {
-        "completion_iou": scores.completion_iou,
-        "miou": scores.miou,
-        "precision": scores.precision,
-        "recall": scores.recall,
-        "small_object_iou": scores.small_object_iou,
-        "class_iou": [float(v) for v in scores.class_iou],
-    }
-
-
 def prior_record(path: Path, data_root: str | None) -> dict | None:
     """The image-free prior's record: read when present and made from `data_root` (any root
     when None: `--no-train` only tabulates), else computed from `data_root` and written; None
@@ -182,7 +166,7 @@ def prior_record(path: Path, data_root: str | None) -> dict | None:
     from monoocc_ros.trainer.evaluate import prior_scores
 
     payload = {"data_root": data_root, "split": "val", "prior_split": "train",
-               "metrics": _brief(prior_scores(data_root, "val", "train"))}  # fmt: skip
+               "metrics": prior_scores(data_root, "val", "train").summary()}  # fmt: skip
     _write_json(path, payload)
     return payload
 
@@ -207,7 +191,7 @@ def add_controls(record: Path, run_dir: Path, data_root: str, device: str) -> No
     scores, donors = evaluate_other_image(
         str(run_dir / "last.pt"), data_root, "val", tuple(val) if val else None, device
     )
-    data["controls"] = {"other_image": _brief(scores), "image_donors": donors}
+    data["controls"] = {"other_image": scores.summary(), "image_donors": donors}
     _write_json(record, data)
 
 

@@ -481,9 +481,7 @@ def _log(csv_log: _CSVLog | None, writer, row: dict, step: int) -> None:
 
 
 def _validation_metrics(scores: SSCScores, step: int) -> dict:
-    return {"completion_iou": scores.completion_iou, "miou": scores.miou, "precision": scores.precision,
-            "recall": scores.recall, "small_object_iou": scores.small_object_iou, "step": step,
-            "class_iou": list(scores.class_iou)}  # fmt: skip
+    return {**scores.summary(), "step": step}
 
 
 def _epoch_loader(train_set: Dataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, skip: int):
