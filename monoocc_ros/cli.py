@@ -194,6 +194,18 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         cmd.add_arguments(what.add_parser(cmd.name, help=cmd.help))
 
 
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    from monoocc_ros.cache import KINDS
+
+    p.add_argument(
+        "--clear",
+        nargs="*",
+        choices=list(KINDS),
+        metavar="KIND",
+        help=f"delete these caches ({', '.join(KINDS)}; all without KIND); each is rebuilt when next needed",
+    )
+
+
 def _bench_msg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
 
@@ -377,6 +389,12 @@ def _ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from monoocc_ros.cache import main as cache_main
+
+    return cache_main(args.clear)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from monoocc_ros.demo import run_demo
 
@@ -461,6 +479,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("replay-eval", "replay a bag through the node (own process) and score it", _replay_eval_args, _bag),
     Command("demo", "the end-to-end demo (make demo): synthetic bag -> node -> scores + pictures", _demo_args, _demo),
     Command("ablation", "train and score the ablation variants; writes docs/results.md", _ablation_args, _ablation),
+    Command("cache", "disk used by the derived-file caches; --clear frees it", _cache_args, _cache),
     Command(
         "bench",
         "benchmarks; without WHAT: the torch vs onnxruntime report (latency, memory, stages, node rate)",

@@ -9,7 +9,9 @@ What survives a session: each finished run writes `results/ablation/<variant>_se
 (validation metrics, steps, wall time, config), small and committed. A run whose JSON exists is
 never trained again, so `make ablation` continues across sessions and machines where the last
 one stopped. (A distilled variant needs its seed's teacher checkpoint: on a machine without
-runs/, a teacher whose JSON exists is trained again, deterministically from its seed.)
+runs/, a teacher whose JSON exists is trained again, deterministically from its seed.) Once a
+seed's distilled students are recorded, its teacher-output cache (~6 GB) is deleted: nothing
+reads it again.
 
 Controls (`monoocc_ros.trainer.controls`), so that no row is read without them: each finished
 run's record also holds its other-image control (its validation scores with other worlds'
@@ -141,9 +143,29 @@ def run(
                 add_controls(record, out / slug(variant, seed), data_root, device)
             if record.is_file():
                 table[variant].append(json.loads(record.read_text()))
+        if execute:
+            release_teacher_cache(seed, out, record_dir)
     text = format_results(table, seeds, steps, teacher_steps, prior)
     Path(results).write_text(text)
     return text
+
+
+def release_teacher_cache(seed: int, out: Path, record_dir: Path) -> int:
+    """Deletes the seed's teacher-output cache (~6 GB on the benchmark) once every distilled
+    variant of the seed has its record: nothing else reads it, and three seeds' caches left
+    behind would fill a small disk. Returns the bytes freed (0 while a distilled run is missing,
+    or when the teacher checkpoint is not on this machine)."""
+    from monoocc_ros.cache import remove_teacher_caches
+    from monoocc_ros.checkpoint import sha256
+
+    distilled = [v for v, (_, _, uses_teacher) in VARIANTS.items() if uses_teacher]
+    teacher = out / slug("teacher", seed) / "last.pt"
+    if not teacher.is_file() or not all((record_dir / f"{slug(v, seed)}.json").is_file() for v in distilled):
+        return 0
+    freed = remove_teacher_caches(sha256(teacher))
+    if freed:
+        print(f"seed {seed}: freed {freed / 1e9:.1f} GB of teacher cache (its distilled students are done)", flush=True)
+    return freed
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -396,6 +396,10 @@ def training_set(
             with_logits,
             lambda b: model_inputs(b, tcfg, dev),
         )
+        if auto:
+            from monoocc_ros.cache import tree_bytes
+
+            print(f"teacher cache: {tree_bytes(path) / 1e9:.2f} GB ('monoocc cache --clear teacher' frees it)")
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache
     return WithTeacherOutputs(student_set, TeacherCache.open(path, teacher_sha, data_print, frames, with_logits)), None
