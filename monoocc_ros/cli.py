@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monoocc_ros.paths import DEFAULT_MODEL
+from monoocc_ros.paths import CACHE_KINDS, DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -195,14 +195,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
-    from monoocc_ros.cache import KINDS
-
     p.add_argument(
         "--clear",
         nargs="*",
-        choices=list(KINDS),
+        choices=list(CACHE_KINDS),
         metavar="KIND",
-        help=f"delete these caches ({', '.join(KINDS)}; all without KIND); each is rebuilt when next needed",
+        help=f"delete these caches ({', '.join(CACHE_KINDS)}; all without KIND); each is rebuilt when next needed",
     )
 
 

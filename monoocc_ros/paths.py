@@ -37,8 +37,26 @@ def default_model() -> Path:
     return package_file(DEFAULT_MODEL)
 
 
+# The kinds of derived files, each a folder under the cache root, and what writes them
+# (`monoocc cache` shows and frees them: cache.py).
+CACHE_KINDS: dict[str, str] = {
+    "items": "decoded training items (data/item_cache.py)",
+    "teacher": "teacher outputs for distillation (trainer/teacher_cache.py)",
+    "prior": "image-free priors for the eval controls (trainer/controls.py)",
+    "onnx": "ONNX exports made by the node and benchmarks (inference.py)",
+}
+
+
+def cache_root() -> Path:
+    """`$MONOOCC_CACHE` (made absolute), else `~/.cache/monoocc_ros`. The variable lets tests and
+    read-only homes put the caches elsewhere; set but empty counts as unset (never the current
+    folder: `monoocc cache --clear` deletes under it)."""
+    return Path(os.environ.get("MONOOCC_CACHE") or Path.home() / ".cache" / "monoocc_ros").absolute()
+
+
 def cache_dir(kind: str) -> Path:
-    """The folder for one kind of derived file (onnx/, prior/): under `$MONOOCC_CACHE`, else
-    `~/.cache/monoocc_ros`. Everything there can be rebuilt from its inputs, so deleting it is
-    always safe; the variable lets tests and read-only homes put it elsewhere."""
-    return Path(os.environ.get("MONOOCC_CACHE", Path.home() / ".cache" / "monoocc_ros")) / kind
+    """The folder for one kind of derived file (`CACHE_KINDS`). Everything there can be rebuilt
+    from its inputs, so deleting it loses nothing (only not while a training run is writing it)."""
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; expected one of {sorted(CACHE_KINDS)}")
+    return cache_root() / kind

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monoocc_ros.checkpoint import load_checkpoint, training_unfinished
+from monoocc_ros.checkpoint import load_checkpoint, sha256, training_unfinished
 from monoocc_ros.classes import CLASS_FREQUENCIES, CLASS_NAMES, SMALL_OBJECT_CLASSES
 from monoocc_ros.trainer.config import TrainConfig
 
@@ -155,8 +155,7 @@ def release_teacher_cache(seed: int, out: Path, record_dir: Path) -> int:
     variant of the seed has its record: nothing else reads it, and three seeds' caches left
     behind would fill a small disk. Returns the bytes freed (0 while a distilled run is missing,
     or when the teacher checkpoint is not on this machine)."""
-    from monoocc_ros.cache import remove_teacher_caches
-    from monoocc_ros.checkpoint import sha256
+    from monoocc_ros.cache import remove_teacher_caches, size_text
 
     distilled = [v for v, (_, _, uses_teacher) in VARIANTS.items() if uses_teacher]
     teacher = out / slug("teacher", seed) / "last.pt"
@@ -164,7 +163,7 @@ def release_teacher_cache(seed: int, out: Path, record_dir: Path) -> int:
         return 0
     freed = remove_teacher_caches(sha256(teacher))
     if freed:
-        print(f"seed {seed}: freed {freed / 1e9:.1f} GB of teacher cache (its distilled students are done)", flush=True)
+        print(f"seed {seed}: freed {size_text(freed)} of teacher cache (its distilled students are done)", flush=True)
     return freed
 
 

@@ -397,9 +397,11 @@ def training_set(
             lambda b: model_inputs(b, tcfg, dev),
         )
         if auto:
-            from monoocc_ros.cache import tree_bytes
+            from monoocc_ros.cache import size_text, tree_bytes
 
-            print(f"teacher cache: {tree_bytes(path) / 1e9:.2f} GB ('monoocc cache --clear teacher' frees it)")
+            print(
+                f"teacher cache: {size_text(tree_bytes(path))} ('monoocc cache --clear teacher' frees it)", flush=True
+            )
     if info.world_size > 1:
         dist.barrier()  # the other ranks wait for rank 0's cache
     return WithTeacherOutputs(student_set, TeacherCache.open(path, teacher_sha, data_print, frames, with_logits)), None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,12 @@ def cache_key(
     """The default cache folder name: the teacher's content, the data files and the exact item list."""
     text = json.dumps([FORMAT, teacher_sha256, str(Path(data_root).resolve()), data_print, items, with_logits])
     return f"{teacher_sha256[:12]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def is_cache_of(name: str, teacher_sha256: str) -> bool:
+    """Whether a folder name is a finished default cache (`cache_key`) of this teacher checkpoint;
+    a build still being written (`<key>.<pid>.tmp`) is not."""
+    return re.fullmatch(f"{teacher_sha256[:12]}-[0-9a-f]{{12}}", name) is not None
 
 
 @dataclass(frozen=True)
