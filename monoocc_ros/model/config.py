@@ -133,6 +133,9 @@ class ModelConfig:
     # (`lidar_evidence`): its query proposals come from measured geometry instead of predicted
     # depth, and every query knows how many returns fell in its voxel.
     privileged_lidar: tuple[int, ...] = ()
+    # Students: the 2D head's class probabilities lifted into the query grid by the predicted
+    # depth, added to every voxel query (model/lift.py). The 2D head then runs at inference too.
+    semantic_lift: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     # The grid the model's output covers at `output_scale` 1 (what it publishes). Checkpoints
     # written before this key existed were all trained on SemanticKITTI's grid, the default.

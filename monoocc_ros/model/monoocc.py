@@ -8,6 +8,7 @@ Data flow, with K frames (K = 1 for a student) and the current frame at offset 0
   current frame: Semantic2DHead -> (B, 20, H/4, W/4); DepthHead -> depth (B, H/4, W/4)
       -> QueryProposal -> proposal logits (B, Xq, Yq, Zq) -> proposed = sigmoid > threshold
       [privileged teacher] QueryProposal on accumulated LiDAR (B, Xq, Yq, Zq) instead of depth
+      [semantic_lift] SemanticLift(2D logits, depth) -> query bias (B, Xq*Yq*Zq, C)
   VoxelTransformer(K cameras' features, projections[, LiDAR embedding]) -> (B, C, Xq, Yq, Zq)
   OccupancyHead -> logits (B, 20, X, Y, Z)
     or FineOccupancyHead -> occupancy log-odds (B, X, Y, Z) + logits (B, 20, Xs, Ys, Zs) coarser
@@ -27,6 +28,7 @@ from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.cross_view import CrossViewTransformer
 from monoocc_ros.model.head import FineOccupancyHead, OccupancyHead, labels_and_confidence
 from monoocc_ros.model.heads2d import Semantic2DHead
+from monoocc_ros.model.lift import SemanticLift
 from monoocc_ros.model.proposal import DepthHead, QueryProposal
 from monoocc_ros.model.voxel_transformer import VoxelTransformer
 
@@ -50,6 +52,7 @@ class MonoOcc(nn.Module):
         self.proposal = QueryProposal(cfg.query_grid, cfg.proposal_channels)
         # Privileged teacher: log(1 + LiDAR returns) per query voxel -> a query embedding.
         self.lidar_embed = nn.Linear(1, c) if cfg.privileged_lidar else None
+        self.lift = SemanticLift(cfg.query_grid, cfg.num_classes, c) if cfg.semantic_lift else None
         self.transformer = VoxelTransformer(
             cfg.query_grid, c, cfg.heads, cfg.points, cfg.ffn_dim,
             cfg.cross_layers, cfg.self_layers, cfg.icca_layers, cfg.dropout,
@@ -75,7 +78,8 @@ class MonoOcc(nn.Module):
         (B, Xq, Yq, Zq): a privileged teacher's accumulated LiDAR (the Dataset's item). Returns
         every output the losses use. with_2d=False skips the training-only 2D semantic head
         ("semantic_2d" is None): a frozen teacher's cached or live outputs and calibration never
-        use it, and it runs 3x3 convolutions at 1/4 of the image's resolution."""
+        use it, and it runs 3x3 convolutions at 1/4 of the image's resolution. A model with
+        `semantic_lift` runs it always: its voxels are built from it."""
         return self._run(images, projections, with_2d=with_2d, lidar_evidence=lidar_evidence)
 
     def predict_grid(
@@ -109,7 +113,7 @@ class MonoOcc(nn.Module):
             feats = self.cross_view(feats.view(b, k, *feats.shape[1:])).reshape(b * k, *feats.shape[1:])
         current = feats.view(b, k, *feats.shape[1:])[:, self.current]
         size_2d = (h // LABEL_STRIDE, w // LABEL_STRIDE)
-        semantic_2d = self.semantic_2d(current, size_2d) if with_2d else None
+        semantic_2d = self.semantic_2d(current, size_2d) if with_2d or self.lift is not None else None
         depth_logits, depth = self.depth(current, size_2d)
         query_bias = None
         if lidar_evidence is not None and self.lidar_embed is not None:
@@ -117,6 +121,9 @@ class MonoOcc(nn.Module):
             query_bias = self.lidar_embed(lidar_evidence.reshape(b, -1, 1))  # (B, N, C)
         else:
             proposal_logits, _ = self.proposal(depth, projections[:, self.current], (h, w))
+        if self.lift is not None and semantic_2d is not None:
+            lifted = self.lift(semantic_2d, depth, projections[:, self.current], (h, w))
+            query_bias = lifted if query_bias is None else query_bias + lifted
         proposed = proposal_logits.detach().sigmoid() > self.cfg.proposal_threshold
         voxel_features = self.transformer(feats, projections, (h, w), proposed, query_bias=query_bias)
         head = self.head(voxel_features)

@@ -78,16 +78,21 @@ def inverse_3x3(m: torch.Tensor) -> torch.Tensor:
     return cof / det.view(-1, 1, 1)
 
 
-def voxelize_points(points: torch.Tensor, grid: GridSpec) -> torch.Tensor:
-    """(B, N, 3) points -> (B, X, Y, Z) point counts per voxel (points outside are dropped)."""
+def voxel_index(points: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+    """(B, N, 3) points -> (B, N) int64 flat C-order voxel index in `grid`, `grid.num_voxels` for
+    points outside it: one extra bin that callers drop, so scatters keep a fixed shape (no
+    boolean indexing) and export to ONNX as ScatterElements(add)."""
     origin = torch.tensor(grid.origin, device=points.device, dtype=points.dtype)
     idx = torch.floor((points - origin) / grid.resolution).long()
     shape = torch.tensor(grid.shape, device=points.device)
     inside = ((idx >= 0) & (idx < shape)).all(-1)
     flat = (idx[..., 0] * grid.shape[1] + idx[..., 1]) * grid.shape[2] + idx[..., 2]
-    # Points outside go to one extra bin that is dropped: a fixed-shape scatter (no boolean
-    # indexing), which exports to ONNX as ScatterElements(add).
-    flat = torch.where(inside, flat, torch.full_like(flat, grid.num_voxels))
+    return torch.where(inside, flat, torch.full_like(flat, grid.num_voxels))
+
+
+def voxelize_points(points: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+    """(B, N, 3) points -> (B, X, Y, Z) point counts per voxel (points outside are dropped)."""
+    flat = voxel_index(points, grid)
     counts = torch.zeros(points.shape[0], grid.num_voxels + 1, device=points.device, dtype=points.dtype)
     counts = counts.scatter_add(1, flat, torch.ones_like(flat, dtype=points.dtype))
     return counts[:, : grid.num_voxels].reshape(-1, *grid.shape)
