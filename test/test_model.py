@@ -320,6 +320,49 @@ def test_closed_form_inverse_and_fixed_shape_voxelisation():
     assert counts[0, 0, 0, 0] == 2 and counts[0, 3, 3, 1] == 1
 
 
+def test_semantic_lift_places_class_probabilities_where_the_depth_says():
+    """Pixels go to the voxel their depth back-projects to; a voxel gets the mean class
+    distribution of its pixels and log(1 + count); gradients reach the 2D logits."""
+    from monoocc_ros.geometry import GridSpec
+    from monoocc_ros.model.lift import SemanticLift
+
+    grid = GridSpec(shape=(4, 4, 2), resolution=1.0, origin=(0.0, -2.0, -1.0))
+    lift = SemanticLift(grid, num_classes=3, dim=4)
+    with torch.no_grad():  # the embedding as the identity: the output is the evidence itself
+        lift.embed.weight.copy_(torch.eye(4))
+        lift.embed.bias.zero_()
+
+    # Camera at the origin looking along +x, image 1x2 (pixel centres u = 0, 1; v = 0), depth = x:
+    # u = a (0.5 - y / x), v = -0.2 - z / x: pixels at y = x (0.5 - u / a), z = -0.2 x.
+    def camera(a: float) -> torch.Tensor:
+        return torch.tensor([[[0.5 * a, -a, 0.0, 0.0], [-0.2, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
+
+    projection = camera(1.0)  # y = 1.25 and -1.25: two voxels
+    depth = torch.tensor([[[2.5, 2.5]]])  # x = 2.5 m, z = -0.5 m
+    logits = torch.tensor([[[[10.0, 10.0]], [[0.0, -10.0]], [[0.0, 0.0]]]], requires_grad=True)  # (1, 3, 1, 2)
+    out = lift(logits, depth, projection, (1, 2))  # (1, 32, 4)
+    ev = out[0].view(4, 4, 2, 4)
+    filled = ev[..., 3] > 0
+    assert int(filled.sum()) == 2, "the two pixels land in two voxels (y differs by 1 m)"
+    (a, b) = filled.nonzero().tolist()
+    assert a[0] == b[0] == 2 and a[2] == b[2] == 0  # x = 2 (depth 2.5 m), z = 0 (-0.5 m)
+    for v in (a, b):
+        probs = ev[v[0], v[1], v[2], :3]
+        torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+        assert float(probs[0]) > 0.99
+        torch.testing.assert_close(ev[v[0], v[1], v[2], 3], torch.log1p(torch.tensor(1.0)))
+    assert float(ev[~filled].abs().sum()) == 0.0  # empty voxels: no evidence at all
+    out[..., 1].sum().backward()  # class 1's mean probability (all classes' sum to 1: no gradient)
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+    # Both pixels in one voxel: the mean of their distributions, count 2.
+    same = lift(logits.detach(), depth, camera(10.0), (1, 2))  # y = 1.25 and 1.0: one voxel
+    ev2 = same[0].view(4, 4, 2, 4)
+    one = ev2[..., 3] > 0
+    assert int(one.sum()) == 1
+    torch.testing.assert_close(ev2[one][0, 3], torch.log1p(torch.tensor(2.0)))
+    torch.testing.assert_close(ev2[one][0, :3], logits.detach()[0, :, 0].softmax(0).mean(1))
+
+
 def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
     from monoocc_ros.model.backbone import efficientnet_weights_file, make_backbone
 

@@ -293,3 +293,26 @@ def test_export_at_another_image_size(tmp_path, frames):
     assert float((expected == got).float().mean()) >= 0.999
     with pytest.raises(ExportError, match="too small"):
         export_onnx(SHIPPED, tmp_path / "tiny.onnx", (16, 64))
+
+
+def test_semantic_lift_exports_and_matches_torch(tmp_path, frames):
+    """A model with `semantic_lift` (the 2D head runs at inference, its probabilities scattered
+    into the query grid) exports, and ONNX Runtime gives torch's labels; the lift changes them."""
+    import dataclasses
+
+    shipped, _ = build_model_from_checkpoint(SHIPPED)
+    torch.manual_seed(0)
+    lifted = MonoOcc(dataclasses.replace(shipped.cfg, semantic_lift=True))
+    missing = lifted.load_state_dict(shipped.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["lift.embed.bias", "lift.embed.weight"]
+    ckpt = tmp_path / "lift.pt"
+    save_checkpoint(ckpt, lifted.cfg, lifted.state_dict())
+    export_onnx(ckpt, tmp_path / "lift.onnx")
+    torch_pred = Predictor.load(ckpt, "torch", "cpu")
+    ort_pred = Predictor.load(tmp_path / "lift.onnx", "onnxruntime", "cpu")
+    plain = Predictor.load(SHIPPED, "torch", "cpu")
+    rgb, calib = frames[0]
+    prepared = torch_pred.prepare(rgb, calib["P2"], calib["Tr"])
+    a, b = torch_pred.infer(prepared), ort_pred.infer(prepared)
+    assert float(np.mean(np.asarray(a[0]) == np.asarray(b[0]))) >= 0.999
+    assert float(np.mean(np.asarray(a[0]) != np.asarray(plain.infer(prepared)[0]))) > 0.001
