@@ -93,6 +93,12 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=100, help="evenly spaced training frames (default 100)")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write (same weights)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="one threshold per predicted class, maximising completion IoU + mIoU (default: one for all, "
+        "maximising completion IoU)",
+    )
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -342,7 +348,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from monoocc_ros.trainer.calibrate import calibrate
 
     seqs = tuple(args.sequences) if args.sequences else None
-    result = calibrate(args.checkpoint, args.data, args.out, seqs, args.frames, args.device)
+    result = calibrate(args.checkpoint, args.data, args.out, seqs, args.frames, args.device, per_class=args.per_class)
     print(f"wrote {args.out}: {result.summary()}")
     return 0
 

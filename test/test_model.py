@@ -404,6 +404,35 @@ def test_fine_head_labels_and_confidence_against_a_voxel_by_voxel_reference():
     assert torch.equal(paper.long(), logits.argmax(1)) and torch.allclose(conf, logits.softmax(1).amax(1))
 
 
+def test_per_class_occupancy_thresholds_decide_by_the_semantic_voxels_class():
+    """With class_occupancy_thresholds a voxel is occupied when P(occupied) exceeds the threshold
+    of its semantic voxel's most likely class, not 0.5; a config rejects a wrong count."""
+    import dataclasses
+
+    from monoocc_ros.model.head import labels_and_confidence
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 20, 3, 2, 2, generator=g) * 2
+    occupancy = torch.randn(1, 6, 4, 4, generator=g) * 2
+    thresholds = tuple(float(t) for t in torch.rand(19, generator=g) * 0.8 + 0.1)
+    labels, confidence = labels_and_confidence(logits, occupancy, 2, 0.5, thresholds)
+    flips = 0
+    for x, y, z in itertools.product(range(6), range(4), range(4)):
+        o, sem = float(occupancy[0, x, y, z]), logits[0, :, x // 2, y // 2, z // 2]
+        p, cls = 1 / (1 + np.exp(-o)), int(sem[1:].argmax()) + 1
+        occupied = p > thresholds[cls - 1]
+        flips += occupied != (p > 0.5)
+        assert int(labels[0, x, y, z]) == (cls if occupied else 0)
+        expect = p * float(sem[1:].softmax(0).max()) if occupied else 1 - p
+        assert abs(float(confidence[0, x, y, z]) - expect) < 1e-6
+    assert flips > 0, "the thresholds must change some decisions for this test to mean anything"
+    cfg = load_named_config("student_tiny")
+    with pytest.raises(ConfigError, match="class_occupancy_thresholds must be empty or 19 values"):
+        dataclasses.replace(cfg, class_occupancy_thresholds=(0.3,) * 18)
+    with pytest.raises(ConfigError, match=r"values must be in \(0, 1\)"):
+        dataclasses.replace(cfg, class_occupancy_thresholds=(0.3,) * 18 + (1.0,))
+
+
 def test_fine_head_starts_from_the_coarse_geometry_and_learns_sub_voxels():
     """At initialisation the 0.2 m log-odds are the semantic head's occupied-vs-empty log-odds,
     trilinearly upsampled; the loss reaches the per-sub-voxel correction."""

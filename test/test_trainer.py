@@ -365,6 +365,37 @@ def test_best_threshold_maximises_completion_iou():
     assert 0.2 < t <= 0.3 and iou == pytest.approx(100 * 100 / 110) and iou_half == pytest.approx(100 * 20 / 110)
 
 
+def test_per_class_thresholds_maximise_completion_iou_plus_miou():
+    """A class's threshold decides only whether its predicted voxels are it or empty: class c's
+    IoU = TP_c / (N_c + FP_c). Worked example, 10 bins (edges 0.0, 0.1, ...):
+    class 1 (a wall): 20 true voxels at P 0.25, 10 empty voxels at P 0.05; N_1 = 20.
+    class 2 (the ground): 100 true voxels at P 0.95, 50 empty voxels at P 0.45; N_2 = 100."""
+    from monoocc_ros.trainer import calibrate as cal
+
+    bins = 10
+    h = cal.ClassHistograms.zeros()
+    h.same, h.other, h.occupied, h.empty = (np.zeros((20, bins), np.int64) for _ in range(4))
+    h.same[1, 2] = h.occupied[1, 2] = 20
+    h.other[1, 0] = h.empty[1, 0] = 10
+    h.same[2, 9] = h.occupied[2, 9] = 100
+    h.other[2, 4] = h.empty[2, 4] = 50
+    h.targets[1], h.targets[2], h.occupied_total = 20, 100, 120
+    original = cal.BINS
+    cal.BINS = bins
+    try:
+        half = np.full(20, bins // 2)
+        iou, miou = h.scores(half)  # at 0.5: only the ground; the wall is lost
+        assert iou == pytest.approx(100 * 100 / 120) and miou == pytest.approx(100 * (0 + 1) / 19)
+        edges = cal.best_class_thresholds(h)
+        # The wall's voxels count once its threshold is below 0.25 but above 0.05 (edges 1, 2);
+        # the ground keeps any edge between 0.5 and 0.9 (the first found is kept).
+        assert edges[1] in (1, 2) and 5 <= edges[2] <= 9
+        iou, miou = h.scores(edges)
+        assert iou == pytest.approx(100.0) and miou == pytest.approx(100 * 2 / 19)
+    finally:
+        cal.BINS = original
+
+
 def test_calibrate_writes_the_threshold_on_training_frames_only(tmp_path, data_root):
     import dataclasses
 
@@ -391,6 +422,21 @@ def test_calibrate_writes_the_threshold_on_training_frames_only(tmp_path, data_r
         labels, _ = calibrated.predict_grid(images, projections)
         p = calibrated(images, projections)["occupancy"].sigmoid()
     assert torch.equal(labels > 0, p > result.threshold) and 0 < (labels > 0).float().mean() < 1
+    per = calibrate(
+        str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "pc.pt"), frames=3, progress=False, per_class=True
+    )
+    assert len(per.class_thresholds) == 19 and per.miou is not None and per.miou_at_half is not None
+    assert sum((per.iou, per.miou)) >= sum((per.iou_at_half, per.miou_at_half)) - 1e-9  # never worse than 0.5
+    per_class, _ = build_model_from_checkpoint(tmp_path / "pc.pt")
+    assert per_class.cfg.class_occupancy_thresholds == per.class_thresholds
+    with torch.inference_mode():
+        labels, _ = per_class.predict_grid(images, projections)
+        out = per_class(images, projections)
+    predicted = out["logits"][:, 1:].argmax(1) + 1
+    f = out["occupancy"].shape[1] // predicted.shape[1]  # output voxels per semantic voxel, per axis
+    cut = torch.tensor(per.class_thresholds)[predicted - 1]
+    cut = cut.repeat_interleave(f, 1).repeat_interleave(f, 2).repeat_interleave(f, 3)
+    assert torch.equal(labels > 0, out["occupancy"].sigmoid() > cut)
     with pytest.raises(ValueError, match=r"\['08'\] belong to the validation"):
         calibrate(str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "x.pt"), sequences=("08",), progress=False)
     with pytest.raises(ValueError, match="is the input checkpoint"):

@@ -124,6 +124,11 @@ class ModelConfig:
     # Fine head: a voxel is occupied when P(occupied) exceeds this. A decision, not a weight:
     # `monoocc calibrate` picks it on training frames (never validation) and stores it here.
     occupancy_threshold: float = 0.5
+    # Fine head, optional: one threshold per predicted class (train ids 1..19, 19 values) instead
+    # of `occupancy_threshold` for all: thin or hard-to-place classes (walls, trunks, cars) rarely
+    # reach P(occupied) 0.5 at the right 0.2 m voxel. `monoocc calibrate --per-class` picks them on
+    # training frames. Empty: `occupancy_threshold` everywhere.
+    class_occupancy_thresholds: tuple[float, ...] = ()
     proposal_threshold: float = 0.5
     proposal_channels: int = 32
     frame_offsets: tuple[int, ...] = (0,)  # the teacher sees several frames; a student (0,)
@@ -153,6 +158,13 @@ class ModelConfig:
             raise self._bad("proposal_threshold", "must be in (0, 1)")
         if not 0 < self.occupancy_threshold < 1:
             raise self._bad("occupancy_threshold", "must be in (0, 1)")
+        if self.class_occupancy_thresholds:
+            if len(self.class_occupancy_thresholds) != NUM_CLASSES - 1:
+                raise self._bad("class_occupancy_thresholds", f"must be empty or {NUM_CLASSES - 1} values")
+            if not all(0 < t < 1 for t in self.class_occupancy_thresholds):
+                raise self._bad("class_occupancy_thresholds", "values must be in (0, 1)")
+            if self.head != "fine":
+                raise self._bad("class_occupancy_thresholds", "applies to the fine head only")
 
     def _bad(self, key: str, why: str) -> ConfigError:
         return ConfigError(f"model config {self.name!r}: {key} {why}")
@@ -218,6 +230,7 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["frame_offsets"] = list(self.frame_offsets)
         d["privileged_lidar"] = list(self.privileged_lidar)
+        d["class_occupancy_thresholds"] = list(self.class_occupancy_thresholds)
         d["grid"] = grid_to_dict(self.grid)
         return d
 
@@ -232,6 +245,11 @@ class ModelConfig:
                 if not isinstance(data[key], list | tuple) or not all(isinstance(v, int) for v in data[key]):
                     raise ConfigError(f"{source}: {key} must be a list of integers, got {data[key]!r}")
                 data[key] = tuple(data[key])
+        if "class_occupancy_thresholds" in data:
+            values = data["class_occupancy_thresholds"]
+            if not isinstance(values, list | tuple) or not all(isinstance(v, int | float) for v in values):
+                raise ConfigError(f"{source}: class_occupancy_thresholds must be a list of numbers, got {values!r}")
+            data["class_occupancy_thresholds"] = tuple(float(v) for v in values)
         if "grid" in data:
             data["grid"] = grid_from_dict(data["grid"], source)
         types = {f.name: f.type for f in dataclasses.fields(cls)}

@@ -132,7 +132,11 @@ def occupied_log_odds(logits: torch.Tensor) -> torch.Tensor:
 
 
 def labels_and_confidence(
-    logits: torch.Tensor, occupancy: torch.Tensor | None, factor: int = 1, threshold: float = 0.5
+    logits: torch.Tensor,
+    occupancy: torch.Tensor | None,
+    factor: int = 1,
+    threshold: float = 0.5,
+    class_thresholds: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's answer at its output grid: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z)
     float32, the probability of that label.
@@ -140,22 +144,32 @@ def labels_and_confidence(
     Paper head (`occupancy` None): argmax and max of the softmax of `logits` (B, 20, X, Y, Z).
     Fine head: `occupancy` (B, X, Y, Z) log-odds; `logits` at a grid coarser by `factor` (a
     plain int, so that an exported graph repeats by a constant).
-    A voxel is occupied when P(occupied) > `threshold` (`ModelConfig.occupancy_threshold`).
-    Occupied voxels take their semantic voxel's most likely non-empty class, with confidence
+    A voxel is occupied when P(occupied) > `threshold` (`ModelConfig.occupancy_threshold`), or,
+    with `class_thresholds` (19 values, classes 1..19), > the threshold of its semantic voxel's
+    most likely class. Occupied voxels take that class, with confidence
     P(occupied) * P(class | occupied); empty ones P(empty)."""
     if occupancy is None:
         confidence, labels = logits.softmax(1).max(1)
         return labels.to(torch.uint8), confidence
     class_prob, cls = logits[:, 1:].softmax(1).max(1)
+    # Decisions compared as log-odds (constants in an exported graph): 0.5 is log-odds 0.
+    if class_thresholds:
+        table = torch.tensor([_log_odds(t) for t in class_thresholds], dtype=occupancy.dtype, device=occupancy.device)
+        cut: torch.Tensor | float = repeat_voxels(table[cls], factor)  # looked up at the semantic grid
+    else:
+        cut = _log_odds(threshold)
     # Labels as uint8 at the semantic grid, then repeated to the output grid in one expand (an
     # int64 class index repeated axis by axis was 8x the bytes and three copies).
     cls = repeat_voxels((cls + 1).to(torch.uint8), factor)
     class_prob = repeat_voxels(class_prob, factor)
     p = occupancy.sigmoid()
-    # Compared as log-odds (a constant in an exported graph): 0.5 is log-odds 0, as before.
-    occupied = occupancy > math.log(threshold / (1.0 - threshold))
+    occupied = occupancy > cut
     labels = torch.where(occupied, cls, torch.zeros_like(cls))
     return labels, torch.where(occupied, p * class_prob, 1 - p)
+
+
+def _log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def repeat_voxels(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -91,7 +91,11 @@ class MonoOcc(nn.Module):
         out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
         factor = self.cfg.semantic_scale // self.cfg.output_scale if self.cfg.head == "fine" else 1
         return labels_and_confidence(
-            out["logits"].float(), _float(out.get("occupancy")), factor, self.cfg.occupancy_threshold
+            out["logits"].float(),
+            _float(out.get("occupancy")),
+            factor,
+            self.cfg.occupancy_threshold,
+            self.cfg.class_occupancy_thresholds,
         )
 
     def _run(
