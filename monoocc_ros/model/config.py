@@ -141,6 +141,9 @@ class ModelConfig:
     # Students: the 2D head's class probabilities lifted into the query grid by the predicted
     # depth, added to every voxel query (model/lift.py). The 2D head then runs at inference too.
     semantic_lift: bool = False
+    # Fine head: the predicted depth's pseudo points counted per 0.2, 0.4 and 0.8 m voxel, added to
+    # the occupancy log-odds with learned weights (model/lift.py: DepthEvidence).
+    depth_evidence: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     # The grid the model's output covers at `output_scale` 1 (what it publishes). Checkpoints
     # written before this key existed were all trained on SemanticKITTI's grid, the default.
@@ -165,6 +168,8 @@ class ModelConfig:
                 raise self._bad("class_occupancy_thresholds", "values must be in (0, 1)")
             if self.head != "fine":
                 raise self._bad("class_occupancy_thresholds", "applies to the fine head only")
+        if self.depth_evidence and self.head != "fine":
+            raise self._bad("depth_evidence", "applies to the fine head only")
 
     def _bad(self, key: str, why: str) -> ConfigError:
         return ConfigError(f"model config {self.name!r}: {key} {why}")

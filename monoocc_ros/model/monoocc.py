@@ -12,6 +12,7 @@ Data flow, with K frames (K = 1 for a student) and the current frame at offset 0
   VoxelTransformer(K cameras' features, projections[, LiDAR embedding]) -> (B, C, Xq, Yq, Zq)
   OccupancyHead -> logits (B, 20, X, Y, Z)
     or FineOccupancyHead -> occupancy log-odds (B, X, Y, Z) + logits (B, 20, Xs, Ys, Zs) coarser
+      [depth_evidence] + DepthEvidence(depth) (B, X, Y, Z): pseudo points per 0.2/0.4/0.8 m voxel
   labels_and_confidence -> labels, confidence (B, X, Y, Z): what the node, eval and ONNX use
 
 `H, W` are the network's input size: images are resized by `image_scale` (and projections with
@@ -28,7 +29,7 @@ from monoocc_ros.model.config import ModelConfig
 from monoocc_ros.model.cross_view import CrossViewTransformer
 from monoocc_ros.model.head import FineOccupancyHead, OccupancyHead, labels_and_confidence
 from monoocc_ros.model.heads2d import Semantic2DHead
-from monoocc_ros.model.lift import SemanticLift
+from monoocc_ros.model.lift import DepthEvidence, SemanticLift
 from monoocc_ros.model.proposal import DepthHead, QueryProposal
 from monoocc_ros.model.voxel_transformer import VoxelTransformer
 
@@ -53,6 +54,7 @@ class MonoOcc(nn.Module):
         # Privileged teacher: log(1 + LiDAR returns) per query voxel -> a query embedding.
         self.lidar_embed = nn.Linear(1, c) if cfg.privileged_lidar else None
         self.lift = SemanticLift(cfg.query_grid, cfg.num_classes, c) if cfg.semantic_lift else None
+        self.depth_evidence = DepthEvidence(cfg.output_grid) if cfg.depth_evidence else None
         self.transformer = VoxelTransformer(
             cfg.query_grid, c, cfg.heads, cfg.points, cfg.ffn_dim,
             cfg.cross_layers, cfg.self_layers, cfg.icca_layers, cfg.dropout,
@@ -143,6 +145,9 @@ class MonoOcc(nn.Module):
         }
         if isinstance(head, dict):
             outputs["occupancy"] = head["occupancy"]
+            if self.depth_evidence is not None:
+                evidence = self.depth_evidence(depth, projections[:, self.current], (h, w))
+                outputs["occupancy"] = outputs["occupancy"] + evidence
         return outputs
 
 
