@@ -363,6 +363,31 @@ def test_semantic_lift_places_class_probabilities_where_the_depth_says():
     torch.testing.assert_close(ev2[one][0, :3], logits.detach()[0, :, 0].softmax(0).mean(1))
 
 
+def test_depth_evidence_counts_points_at_three_scales():
+    """One pseudo point per pixel at its depth: log(1 + n) per 0.2 m voxel, per 2x2x2 and per
+    4x4x4 block, each weighted; zero weights (the initial state) change nothing."""
+    from monoocc_ros.geometry import GridSpec
+    from monoocc_ros.model.lift import DepthEvidence
+
+    grid = GridSpec(shape=(8, 8, 4), resolution=1.0, origin=(0.0, -4.0, -2.0))
+    ev = DepthEvidence(grid)
+    # Camera along +x as in the lift test: two pixels at x = 2.5 m, y = 1.25 and 1.0, z = -0.5.
+    projection = torch.tensor([[[5.0, -10.0, 0.0, 0.0], [-0.2, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
+    depth = torch.tensor([[[2.5, 2.5]]])
+    assert float(ev(depth, projection, (1, 2)).abs().sum()) == 0.0
+    with torch.no_grad():
+        ev.weight.copy_(torch.tensor([1.0, 0.0, 0.0]) / ev.GAIN)
+    fine = ev(depth, projection, (1, 2))[0]
+    assert float(fine[2, 5, 1]) == pytest.approx(float(np.log(3.0)))  # both points in voxel (2, 5, 1)
+    assert int((fine > 0).sum()) == 1
+    with torch.no_grad():
+        ev.weight.copy_(torch.tensor([0.0, 0.0, 1.0]) / ev.GAIN)
+    block = ev(depth, projection, (1, 2))[0]
+    assert torch.all(block[0:4, 4:8, 0:4] == block[2, 5, 1]) and int((block > 0).sum()) == 64
+    with pytest.raises(ConfigError, match="depth_evidence applies to the fine head only"):
+        ModelConfig(name="x", head="paper", depth_evidence=True)
+
+
 def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
     from monoocc_ros.model.backbone import efficientnet_weights_file, make_backbone
 
