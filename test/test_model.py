@@ -343,7 +343,7 @@ def test_semantic_lift_places_class_probabilities_where_the_depth_says():
     out = lift(logits, depth, projection, (1, 2))  # (1, 32, 4)
     ev = out[0].view(4, 4, 2, 4)
     filled = ev[..., 3] > 0
-    assert int(filled.sum()) == 2, "the two pixels land in two voxels (y differs by 1 m)"
+    assert int(filled.sum()) == 2, "the two pixels land in two voxels (y 1.25 and -1.25 m)"
     (a, b) = filled.nonzero().tolist()
     assert a[0] == b[0] == 2 and a[2] == b[2] == 0  # x = 2 (depth 2.5 m), z = 0 (-0.5 m)
     for v in (a, b):
@@ -355,7 +355,7 @@ def test_semantic_lift_places_class_probabilities_where_the_depth_says():
     out[..., 1].sum().backward()  # class 1's mean probability (all classes' sum to 1: no gradient)
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
     # Both pixels in one voxel: the mean of their distributions, count 2.
-    same = lift(logits.detach(), depth, camera(10.0), (1, 2))  # y = 1.25 and 1.0: one voxel
+    same = lift(logits.detach(), depth, camera(20.0), (1, 2))  # y = 1.25 and 1.125: one voxel
     ev2 = same[0].view(4, 4, 2, 4)
     one = ev2[..., 3] > 0
     assert int(one.sum()) == 1
@@ -371,8 +371,8 @@ def test_depth_evidence_counts_points_at_three_scales():
 
     grid = GridSpec(shape=(8, 8, 4), resolution=1.0, origin=(0.0, -4.0, -2.0))
     ev = DepthEvidence(grid)
-    # Camera along +x as in the lift test: two pixels at x = 2.5 m, y = 1.25 and 1.0, z = -0.5.
-    projection = torch.tensor([[[5.0, -10.0, 0.0, 0.0], [-0.2, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
+    # Camera along +x as in the lift test: two pixels at x = 2.5 m, y = 1.25 and 1.125, z = -0.5.
+    projection = torch.tensor([[[10.0, -20.0, 0.0, 0.0], [-0.2, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
     depth = torch.tensor([[[2.5, 2.5]]])
     assert float(ev(depth, projection, (1, 2)).abs().sum()) == 0.0
     with torch.no_grad():

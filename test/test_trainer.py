@@ -368,8 +368,8 @@ def test_best_threshold_maximises_completion_iou():
 def test_per_class_thresholds_maximise_completion_iou_plus_miou():
     """A class's threshold decides only whether its predicted voxels are it or empty: class c's
     IoU = TP_c / (N_c + FP_c). Worked example, 10 bins (edges 0.0, 0.1, ...):
-    class 1 (a wall): 20 true voxels at P 0.25, 10 empty voxels at P 0.05; N_1 = 20.
-    class 2 (the ground): 100 true voxels at P 0.95, 50 empty voxels at P 0.45; N_2 = 100."""
+    class 1 (thin, placed loosely): 20 true voxels at P 0.25, 10 empty voxels at P 0.05; N_1 = 20.
+    class 2 (flat, placed well): 100 true voxels at P 0.95, 50 empty voxels at P 0.45; N_2 = 100."""
     from monoocc_ros.trainer import calibrate as cal
 
     bins = 10
@@ -387,7 +387,7 @@ def test_per_class_thresholds_maximise_completion_iou_plus_miou():
         iou, miou = h.scores(half)  # at 0.5: only the ground; the wall is lost
         assert iou == pytest.approx(100 * 100 / 120) and miou == pytest.approx(100 * (0 + 1) / 19)
         edges = cal.best_class_thresholds(h)
-        # The wall's voxels count once its threshold is below 0.25 but above 0.05 (edges 1, 2);
+        # Class 1's voxels count once its threshold is below 0.25 but above 0.05 (edges 1, 2);
         # the ground keeps any edge between 0.5 and 0.9 (the first found is kept).
         assert edges[1] in (1, 2) and 5 <= edges[2] <= 9
         iou, miou = h.scores(edges)

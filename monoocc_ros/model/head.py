@@ -86,8 +86,9 @@ class FineOccupancyHead(nn.Module):
     are one 0.2 m layer thick). Geometry needs the resolution, class boundaries much less. The
     occupancy log-odds are the coarse semantic head's own occupied-vs-empty log-odds, trilinearly
     upsampled, plus a per-query Linear that predicts a correction for each of its r^3 sub-voxels.
-    A voxel's label is empty where P(occupied) <= `occupancy_threshold` (0.5: log-odds <= 0), else
-    the most likely non-empty class of its semantic voxel (`labels_and_confidence`): no
+    A voxel's label is empty where P(occupied) <= `occupancy_threshold` (0.5: log-odds <= 0; or its
+    class's entry of `class_occupancy_thresholds`), else the most likely non-empty class of its
+    semantic voxel (`labels_and_confidence`): no
     full-resolution logits are ever built."""
 
     def __init__(self, dim: int, num_classes: int, subvoxels: int, semantic_upsample: int) -> None:

@@ -3,7 +3,7 @@ not in the paper): `SemanticLift` (below) and `DepthEvidence` (the fine head's g
 
 Semantic lift: the 2D head's class probabilities, placed in the query grid by the predicted
 depth, as evidence every voxel query starts from (a student's counterpart of the privileged
-teacher's LiDAR embedding; an addition of this package, not in the paper).
+teacher's LiDAR embedding).
 
 Why: measured on the benchmark's validation worlds, the shipped student's 2D head already
 segments the image well (buildings 80, cars 70, vegetation 60 2D IoU) and its depth is within

@@ -18,12 +18,14 @@ by target (that class / another, occupied / empty). A threshold t_c only decides
 predicted as c are c or empty, so class c's IoU depends on t_c alone: TP_c / (N_c + FP_c), N_c the
 target voxels of c. The objective is completion IoU + mIoU, the two headline figures
 weighted equally, maximised by coordinate ascent over the classes (each step exact over the bin
-edges; the objective never falls, and the sweeps stop when no class's threshold changes).
+edges; the objective never falls; the sweeps stop when no class's threshold changes, or after
+`sweeps`, with a warning).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint
+from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint, sha256
 from monoocc_ros.classes import IGNORE, NUM_CLASSES
 from monoocc_ros.data.dataset import load_splits
 from monoocc_ros.inference import resolve_device
@@ -44,7 +46,7 @@ BINS = 200  # candidate thresholds 0.005, 0.010, ..., 0.995
 
 @dataclass
 class Calibration:
-    threshold: float  # the IoU-best P(occupied) threshold
+    threshold: float  # the IoU-best P(occupied) threshold (--per-class: the unchanged one-for-all)
     iou: float  # completion IoU (%) on the calibration frames at `threshold`
     iou_at_half: float  # the same at 0.5 (the uncalibrated decision)
     previous: float  # the checkpoint's threshold before
@@ -54,6 +56,8 @@ class Calibration:
     class_thresholds: tuple[float, ...] = ()
     miou: float | None = None
     miou_at_half: float | None = None
+    previous_class_thresholds: tuple[float, ...] = ()
+    source_sha256: str = ""  # the calibrated checkpoint's, so a record never just names a path
 
     def summary(self) -> str:
         where = f"on {self.frames} training frames of sequences {list(self.sequences)}"
@@ -165,7 +169,8 @@ def best_class_thresholds(h: ClassHistograms, sweeps: int = 10) -> np.ndarray:
             changed |= best_k != edges[c]
             edges[c] = best_k
         if not changed:
-            break
+            return edges
+    warnings.warn(f"per-class thresholds: still changing after {sweeps} sweeps; keeping the last", stacklevel=2)
     return edges
 
 
@@ -238,6 +243,7 @@ def calibrate(
         result = Calibration(threshold, iou, iou_half, cfg.occupancy_threshold, len(picks), seqs)
         # One threshold for all classes replaces any per-class ones.
         new_cfg = dataclasses.replace(cfg, occupancy_threshold=threshold, class_occupancy_thresholds=())
+    result.source_sha256 = sha256(checkpoint)
     # The checkpoint's own validation metrics were measured at the old threshold: not carried over.
     provenance = ("step", "epoch", "source", "source_code_version", "train_config")
     extra = {k: data_ckpt[k] for k in provenance if k in data_ckpt}
@@ -261,6 +267,15 @@ def _per_class(model: MonoOcc, subset, dev: torch.device, progress: bool, frames
     thresholds = tuple(float(e) / BINS for e in edges[1:])
     cfg = model.cfg
     result = Calibration(
-        cfg.occupancy_threshold, iou, iou_half, cfg.occupancy_threshold, frames, seqs, thresholds, miou, miou_half
+        cfg.occupancy_threshold,
+        iou,
+        iou_half,
+        cfg.occupancy_threshold,
+        frames,
+        seqs,
+        thresholds,
+        miou,
+        miou_half,
+        cfg.class_occupancy_thresholds,
     )
     return result, dataclasses.replace(cfg, class_occupancy_thresholds=thresholds)
