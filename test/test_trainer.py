@@ -437,6 +437,20 @@ def test_calibrate_writes_the_threshold_on_training_frames_only(tmp_path, data_r
     cut = torch.tensor(per.class_thresholds)[predicted - 1]
     cut = cut.repeat_interleave(f, 1).repeat_interleave(f, 2).repeat_interleave(f, 3)
     assert torch.equal(labels > 0, out["occupancy"].sigmoid() > cut)
+    # The figures calibrate reports are the official metrics of the decision it stored, on its frames.
+    from monoocc_ros.metrics import SSCMetrics
+    from monoocc_ros.trainer.engine import expand_labels, make_dataset
+
+    frames = make_dataset(per_class.cfg, str(data_root), ("00",), per_class.cfg.frame_offsets, ())
+    metrics = SSCMetrics()
+    with torch.inference_mode():
+        for i in np.unique(np.linspace(0, len(frames) - 1, num=min(3, len(frames))).round().astype(int)):
+            item = frames[int(i)]
+            labels, _ = per_class.predict_grid(item["image"][None, None], item["projection"][None, None])
+            metrics.update(expand_labels(labels, per_class.cfg.grid)[0].numpy(), item["target"].numpy())
+    official = metrics.scores()
+    assert official.completion_iou == pytest.approx(per.iou, abs=0.05)
+    assert official.miou == pytest.approx(per.miou, abs=0.05)
     with pytest.raises(ValueError, match=r"\['08'\] belong to the validation"):
         calibrate(str(tmp_path / "m.pt"), str(data_root), str(tmp_path / "x.pt"), sequences=("08",), progress=False)
     with pytest.raises(ValueError, match="is the input checkpoint"):
