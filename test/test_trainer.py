@@ -374,17 +374,17 @@ def test_per_class_thresholds_maximise_completion_iou_plus_miou():
 
     bins = 10
     h = cal.ClassHistograms.zeros()
-    h.same, h.other, h.occupied, h.empty = (np.zeros((20, bins), np.int64) for _ in range(4))
+    h.same, h.occupied, h.empty = (np.zeros((20, bins), np.int64) for _ in range(3))
     h.same[1, 2] = h.occupied[1, 2] = 20
-    h.other[1, 0] = h.empty[1, 0] = 10
+    h.empty[1, 0] = 10
     h.same[2, 9] = h.occupied[2, 9] = 100
-    h.other[2, 4] = h.empty[2, 4] = 50
+    h.empty[2, 4] = 50
     h.targets[1], h.targets[2], h.occupied_total = 20, 100, 120
     original = cal.BINS
     cal.BINS = bins
     try:
         half = np.full(20, bins // 2)
-        iou, miou = h.scores(half)  # at 0.5: only the ground; the wall is lost
+        iou, miou = h.scores(half)  # at 0.5: only class 2; class 1 is lost
         assert iou == pytest.approx(100 * 100 / 120) and miou == pytest.approx(100 * (0 + 1) / 19)
         edges = cal.best_class_thresholds(h)
         # Class 1's voxels count once its threshold is below 0.25 but above 0.05 (edges 1, 2);

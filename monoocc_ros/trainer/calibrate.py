@@ -110,11 +110,11 @@ def best_threshold(occupied: np.ndarray, empty: np.ndarray) -> tuple[float, floa
 @dataclass
 class ClassHistograms:
     """Counts of valid voxels per (predicted class, P(occupied) bin), (NUM_CLASSES, BINS) each:
-    `same`/`other`: target is / is not the predicted class; `occupied`/`empty`: target occupied
-    / empty. `targets`: valid target voxels per class; `occupied_total`: occupied valid voxels."""
+    `same`: target is the predicted class; `occupied`/`empty`: target occupied / empty (so the
+    voxels of another class are occupied + empty - same). `targets`: valid target voxels per
+    class; `occupied_total`: occupied valid voxels."""
 
     same: np.ndarray
-    other: np.ndarray
     occupied: np.ndarray
     empty: np.ndarray
     targets: np.ndarray
@@ -123,7 +123,7 @@ class ClassHistograms:
     @classmethod
     def zeros(cls) -> ClassHistograms:
         z = lambda: np.zeros((NUM_CLASSES, BINS), np.int64)  # noqa: E731
-        return cls(z(), z(), z(), z(), np.zeros(NUM_CLASSES, np.int64))
+        return cls(z(), z(), z(), np.zeros(NUM_CLASSES, np.int64))
 
     def add(self, p: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor) -> None:
         """p, predicted (class 1..19 of each voxel's semantic voxel), target: one frame's voxels."""
@@ -134,7 +134,6 @@ class ClassHistograms:
             return torch.bincount(key[mask], minlength=NUM_CLASSES * BINS).view(NUM_CLASSES, BINS).numpy()
 
         self.same += count(valid & (target == predicted))
-        self.other += count(valid & (target != predicted))
         self.occupied += count(valid & (target > 0))
         self.empty += count(valid & (target == 0))
         self.targets += np.bincount(target[valid].numpy().ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
@@ -148,7 +147,8 @@ class ClassHistograms:
         tp = (self.occupied[c] * above).sum()
         fp = (self.empty[c] * above).sum()
         iou = 100.0 * tp / max(self.occupied_total + fp, 1)
-        same, other = (self.same[c] * above).sum(1), (self.other[c] * above).sum(1)
+        same = (self.same[c] * above).sum(1)
+        other = ((self.occupied[c] + self.empty[c] - self.same[c]) * above).sum(1)
         class_iou = 100.0 * same / np.maximum(self.targets[c] + other, 1)
         return float(iou), float(class_iou.mean())
 
