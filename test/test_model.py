@@ -401,9 +401,43 @@ def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
     assert len(net.blocks) == 11  # to block 10, the last at stride 16 (112 channels)
     with torch.no_grad():
         for h, w in ((188, 620), (376, 1241), (32, 64)):
-            assert net(torch.rand(1, 3, h, w)).shape == (1, 48, -(-h // 16), -(-w // 16))
+            coarse, fine = net(torch.rand(1, 3, h, w))
+            assert coarse.shape == (1, 48, -(-h // 16), -(-w // 16)) and fine is None
     resnet = make_backbone("resnet18", 48, frozen_stages=1)  # no weights file: random, so nothing frozen
     assert all(p.requires_grad for p in resnet.parameters())
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_fine_level_adds_a_stride_8_map_and_leaves_the_stride_16_map_as_it_was(name):
+    """depth/semantic_2d_features_stride 8: a second FPN level at stride 8 for the 2D heads. The stride-16 map
+    (what the voxel attention reads) is computed exactly as without it: the top level of an FPN
+    takes nothing from the levels below."""
+    from monoocc_ros.model.backbone import make_backbone
+
+    torch.manual_seed(0)
+    plain = make_backbone(name, 48).eval()
+    torch.manual_seed(0)
+    pyramid = make_backbone(name, 48, fine_level=True).eval()
+    # The same stride-16 FPN weights in both (the pyramid's are its second level).
+    pyramid.fpn.inner_blocks[1].load_state_dict(plain.fpn.inner_blocks[0].state_dict())
+    pyramid.fpn.layer_blocks[1].load_state_dict(plain.fpn.layer_blocks[0].state_dict())
+    plain.load_state_dict({k: v for k, v in pyramid.state_dict().items() if "fpn" not in k}, strict=False)
+    image = torch.rand(1, 3, 188, 620)
+    with torch.no_grad():
+        coarse, none = plain(image)
+        coarse8, fine = pyramid(image)
+    assert none is None and fine is not None
+    assert fine.shape == (1, 48, -(-188 // 8), -(-620 // 8))
+    torch.testing.assert_close(coarse8, coarse)
+    # The fine map does depend on the stride-8 input: a change in one corner of the image moves it there.
+    image2 = image.clone()
+    image2[..., :16, :16] = 0
+    with torch.no_grad():
+        fine2 = pyramid(image2)[1]
+    assert (fine2 - fine)[..., :2, :2].abs().max() > 1e-4 and torch.equal(fine2[..., -4:, -4:], fine[..., -4:, -4:])
+    for key in ("depth_features_stride", "semantic_2d_features_stride"):
+        with pytest.raises(ConfigError, match=f"{key} must be 8 or 16"):
+            ModelConfig(name="x", **{key: 4})
 
 
 def test_fine_head_labels_and_confidence_against_a_voxel_by_voxel_reference():

@@ -305,14 +305,36 @@ def test_semantic_lift_exports_and_matches_torch(tmp_path, frames):
     lifted = MonoOcc(dataclasses.replace(shipped.cfg, semantic_lift=True))
     missing = lifted.load_state_dict(shipped.state_dict(), strict=False).missing_keys
     assert sorted(missing) == ["lift.embed.bias", "lift.embed.weight"]
-    ckpt = tmp_path / "lift.pt"
-    save_checkpoint(ckpt, lifted.cfg, lifted.state_dict())
-    export_onnx(ckpt, tmp_path / "lift.onnx")
+    _assert_exports_like_torch_and_differs_from_shipped(lifted, tmp_path, frames)
+
+
+def _assert_exports_like_torch_and_differs_from_shipped(model: MonoOcc, tmp_path, frames) -> None:
+    """`model` saved, exported and run on both backends: ONNX Runtime gives torch's labels (99.9 %),
+    and they differ from the shipped model's (the option under test changes the output)."""
+    ckpt = tmp_path / "variant.pt"
+    save_checkpoint(ckpt, model.cfg, model.state_dict())
+    export_onnx(ckpt, tmp_path / "variant.onnx")
     torch_pred = Predictor.load(ckpt, "torch", "cpu")
-    ort_pred = Predictor.load(tmp_path / "lift.onnx", "onnxruntime", "cpu")
+    ort_pred = Predictor.load(tmp_path / "variant.onnx", "onnxruntime", "cpu")
     plain = Predictor.load(SHIPPED, "torch", "cpu")
     rgb, calib = frames[0]
     prepared = torch_pred.prepare(rgb, calib["P2"], calib["Tr"])
     a, b = torch_pred.infer(prepared), ort_pred.infer(prepared)
     assert float(np.mean(np.asarray(a[0]) == np.asarray(b[0]))) >= 0.999
     assert float(np.mean(np.asarray(a[0]) != np.asarray(plain.infer(prepared)[0]))) > 0.001
+
+
+def test_stride_8_features_export_and_match_torch(tmp_path, frames):
+    """A model whose depth head reads the stride-8 FPN level (`depth_features_stride: 8`) exports,
+    and ONNX Runtime gives torch's labels; the new level changes them (it feeds the depth)."""
+    import dataclasses
+    import re
+
+    shipped, _ = build_model_from_checkpoint(SHIPPED)
+    torch.manual_seed(0)
+    fine = MonoOcc(dataclasses.replace(shipped.cfg, depth_features_stride=8))
+    # The shipped stride-16 FPN becomes the pyramid's second level; the rest loads as it is.
+    state = {re.sub(r"fpn\.(inner|layer)_blocks\.0", r"fpn.\1_blocks.1", k): v for k, v in shipped.state_dict().items()}
+    missing = fine.load_state_dict(state, strict=False).missing_keys
+    assert {k.rsplit(".", 1)[0] for k in missing} == {"backbone.fpn.inner_blocks.0.0", "backbone.fpn.layer_blocks.0.0"}
+    _assert_exports_like_torch_and_differs_from_shipped(fine, tmp_path, frames)

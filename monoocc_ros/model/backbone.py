@@ -1,5 +1,10 @@
-"""Image features at stride 16 and a one-level FPN: a torchvision ResNet truncated after layer3,
-or an ImageNet-pretrained EfficientNet-Lite truncated after its last stride-16 block.
+"""Image features at stride 16 and an FPN: a torchvision ResNet truncated after layer3, or an
+ImageNet-pretrained EfficientNet-Lite truncated after its last stride-16 block. With
+`fine_level` the FPN has a second, stride-8 level (ResNet layer2, EfficientNet's last stride-8
+block, with the stride-16 map added top-down): the 2D heads (depth, semantics) read it. A
+stride-16 cell of the CPU configs' half-size image is 16 pixels, about 0.9 m at 20 m, and the
+depth of a near and a far surface blurs across it where the voxels need it within 0.2-0.4 m.
+The voxel attention keeps reading the stride-16 map.
 
 MonoOcc-S uses ResNet-50 layer3 (1024 channels); the teacher uses ResNet-101 (InternImage-XL is
 not installable here). ResNet weights come from a local torchvision file (`backbone_weights`;
@@ -32,20 +37,37 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite2")
 
 
-def make_backbone(name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> nn.Module:
-    """The backbone a config names: (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16))."""
+Features = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def make_backbone(
+    name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1, fine_level: bool = False
+) -> nn.Module:
+    """The backbone a config names: (B, 3, H, W) RGB in [0, 1] -> features (B, C, ceil(H/16),
+    ceil(W/16)) and, with `fine_level`, (B, C, ceil(H/8), ceil(W/8)) (else None)."""
     if name in EFFICIENTNETS:
-        return EfficientNetLiteBackbone(name, embed_dim, weights, frozen_stages)
-    return ImageBackbone(name, embed_dim, weights, frozen_stages)
+        return EfficientNetLiteBackbone(name, embed_dim, weights, frozen_stages, fine_level)
+    return ImageBackbone(name, embed_dim, weights, frozen_stages, fine_level)
+
+
+def _pyramid(fpn: FeaturePyramidNetwork, fine: torch.Tensor | None, coarse: torch.Tensor) -> Features:
+    """The FPN over (stride 8, stride 16) or stride 16 alone -> (stride 16, stride 8 or None)."""
+    if fine is None:
+        return fpn({"16": coarse})["16"], None
+    out = fpn({"8": fine, "16": coarse})
+    return out["16"], out["8"]
 
 
 class ImageBackbone(nn.Module):
-    """ResNet: (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) features, C = `embed_dim`."""
+    """ResNet: (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) features, C = `embed_dim`, and
+    with `fine_level` (B, C, H/8, W/8) from layer2 (else None)."""
 
     mean: torch.Tensor  # buffers (registered in __init__)
     std: torch.Tensor
 
-    def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
+    def __init__(
+        self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1, fine_level: bool = False
+    ) -> None:
         super().__init__()
         resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
         if weights:
@@ -61,17 +83,19 @@ class ImageBackbone(nn.Module):
                 )
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
-        in_channels = 256 if name in ("resnet18", "resnet34") else 1024  # layer3 width (basic vs bottleneck)
-        self.fpn = FeaturePyramidNetwork([in_channels], embed_dim)
+        basic = name in ("resnet18", "resnet34")  # basic blocks are 4x narrower than bottlenecks
+        in_channels = 256 if basic else 1024  # layer3
+        self.fine_level = fine_level
+        self.fpn = FeaturePyramidNetwork([128 if basic else 512] * fine_level + [in_channels], embed_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if weights:  # random weights are never frozen
             _freeze([self.stem, self.layer1, self.layer2, self.layer3][: frozen_stages + 1] if frozen_stages else [])
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> Features:
         x = (image - self.mean) / self.std
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fpn({"0": x})["0"]
+        fine = self.layer2(self.layer1(self.stem(x)))
+        return _pyramid(self.fpn, fine if self.fine_level else None, self.layer3(fine))
 
 
 def _freeze(modules: Sequence[nn.Module]) -> None:
@@ -98,7 +122,8 @@ def efficientnet_weights_file(name: str) -> Path:
 
 class EfficientNetLiteBackbone(nn.Module):
     """EfficientNet-Lite to its last stride-16 block (Lite0: block 10, 112 channels) + FPN:
-    (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16)).
+    (B, 3, H, W) RGB in [0, 1] -> (B, C, ceil(H/16), ceil(W/16)), and with `fine_level`
+    (B, C, ceil(H/8), ceil(W/8)) from the last stride-8 block (Lite0: block 4, 40 channels).
 
     The image is normalised as the weights were trained ((x*255 - 127) / 128) and zero-padded at
     the bottom/right to a multiple of 32 (the convolutions' 'same' padding is fixed for such
@@ -107,7 +132,9 @@ class EfficientNetLiteBackbone(nn.Module):
     pads bottom/right) and 16i for a ResNet, where the attention assumes 16i + 7.5: a constant
     shift of under a cell that the learned sampling offsets absorb."""
 
-    def __init__(self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1) -> None:
+    def __init__(
+        self, name: str, embed_dim: int, weights: str | None = None, frozen_stages: int = 1, fine_level: bool = False
+    ) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -124,30 +151,36 @@ class EfficientNetLiteBackbone(nn.Module):
             )
         _freeze_batchnorm(net)
         strides = [b._block_args.stride for b in net._blocks]
-        stride, last = 2, 0  # the stem halves the image
+        stride, last, last8 = 2, 0, 0  # the stem halves the image
         for i, s in enumerate(strides):
             stride *= s[0] if isinstance(s, list) else s
+            if stride == 8:
+                last8 = i
             if stride == 16:
                 last = i
+        self.fine_block = last8 if fine_level else None
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks[: last + 1])
         self.drop_connect = [net._global_params.drop_connect_rate * i / len(net._blocks) for i in range(last + 1)]
-        self.fpn = FeaturePyramidNetwork([net._blocks[last]._block_args.output_filters], embed_dim)
+        widths = [net._blocks[last8]._block_args.output_filters] * fine_level
+        self.fpn = FeaturePyramidNetwork([*widths, net._blocks[last]._block_args.output_filters], embed_dim)
         # Stages as the ResNet's: stem (+ the first block), then each resolution of blocks.
         bounds = [i for i, s in enumerate(strides[: last + 1]) if (s[0] if isinstance(s, list) else s) == 2]
         stages = [nn.ModuleList([self.stem, *self.blocks[: bounds[0]]])]
         stages += [nn.ModuleList(self.blocks[a:b]) for a, b in zip(bounds, [*bounds[1:], last + 1], strict=True)]
         _freeze(stages[: frozen_stages + 1] if frozen_stages else [])
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> Features:
         h, w = image.shape[-2:]
         x = (image * 255.0 - 127.0) / 128.0
         x = nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32))
         x = self.stem(x)
-        for block, rate in zip(self.blocks, self.drop_connect, strict=True):
+        fine = None
+        for i, (block, rate) in enumerate(zip(self.blocks, self.drop_connect, strict=True)):
             x = block(x, drop_connect_rate=rate if self.training else None)
-        x = x[..., : (h + 15) // 16, : (w + 15) // 16]
-        return self.fpn({"0": x})["0"]
+            if i == self.fine_block:
+                fine = x[..., : (h + 7) // 8, : (w + 7) // 8]
+        return _pyramid(self.fpn, fine, x[..., : (h + 15) // 16, : (w + 15) // 16])
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:

@@ -116,6 +116,10 @@ class ModelConfig:
     depth_bins: int = 64
     depth_max: float = 60.0
     depth_stride: int = 4  # depth is predicted at 1/depth_stride of the network's input
+    # Strides of the image features the depth and the 2D semantic heads read: 16 shares the voxel
+    # attention's map; 8 adds a stride-8 FPN level (model/backbone.py) for the head(s) set to 8.
+    depth_features_stride: int = 16
+    semantic_2d_features_stride: int = 16
     upsample_logits: bool = False  # CPU configs: LN + Linear at the query grid, upsample logits
     # "paper": one 20-class prediction per output voxel. "fine" (CPU configs): occupancy at every
     # output voxel (sub-voxels of each query) and semantics at `semantic_scale` (model/head.py).
@@ -168,6 +172,9 @@ class ModelConfig:
                 raise self._bad("class_occupancy_thresholds", "values must be in (0, 1)")
             if self.head != "fine":
                 raise self._bad("class_occupancy_thresholds", "applies to the fine head only")
+        for key in ("depth_features_stride", "semantic_2d_features_stride"):
+            if getattr(self, key) not in (8, 16):
+                raise self._bad(key, f"must be 8 or 16, got {getattr(self, key)!r}")
         if self.depth_evidence and self.head != "fine":
             raise self._bad("depth_evidence", "applies to the fine head only")
 

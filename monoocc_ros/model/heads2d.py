@@ -18,14 +18,14 @@ def _up_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Semantic2DHead(nn.Module):
-    """(B, C, H/16, W/16) features -> (B, num_classes, H/4, W/4) logits: two x2 upsampling
-    blocks, then 3x3 conv + BN + ReLU + dropout and a 1x1 conv, as in the paper."""
+    """(B, C, H/s, W/s) features -> (B, num_classes, H/4, W/4) logits: x2 upsampling blocks (two
+    from stride 16, one from stride 8), then 3x3 conv + BN + ReLU + dropout and a 1x1 conv, as
+    in the paper."""
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1, stride: int = 16) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            _up_block(dim, dim),
-            _up_block(dim, dim),
+            *(_up_block(dim, dim) for _ in range({16: 2, 8: 1}[stride])),
             nn.Conv2d(dim, dim, 3, padding=1, bias=False),
             nn.BatchNorm2d(dim),
             nn.ReLU(inplace=True),

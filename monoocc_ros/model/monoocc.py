@@ -3,9 +3,11 @@
 Both are one class: a config with several `frame_offsets` (and cross-view blocks) is a teacher.
 Data flow, with K frames (K = 1 for a student) and the current frame at offset 0:
 
-  images (B, K, 3, H, W) -> ImageBackbone -> (B*K, C, H/16, W/16)
-      -> [teacher] CrossViewTransformer over the K maps
-  current frame: Semantic2DHead -> (B, 20, H/4, W/4); DepthHead -> depth (B, H/4, W/4)
+  images (B, K, 3, H, W) -> ImageBackbone -> (B*K, C, H/16, W/16) [+ (B*K, C, H/8, W/8) when a
+      2D head reads stride 8: depth_features_stride, semantic_2d_features_stride]
+      -> [teacher] CrossViewTransformer over the K stride-16 maps
+  current frame, the map of each head's stride:
+      Semantic2DHead -> (B, 20, H/4, W/4); DepthHead -> depth (B, H/4, W/4)
       -> QueryProposal -> proposal logits (B, Xq, Yq, Zq) -> proposed = sigmoid > threshold
       [privileged teacher] QueryProposal on accumulated LiDAR (B, Xq, Yq, Zq) instead of depth
       [semantic_lift] SemanticLift(2D logits, depth) -> query bias (B, Xq*Yq*Zq, C)
@@ -42,13 +44,16 @@ class MonoOcc(nn.Module):
         self.cfg = cfg
         c = cfg.embed_dim
         self.current = cfg.frame_offsets.index(0)
-        self.backbone = make_backbone(cfg.backbone, c, cfg.backbone_weights, cfg.frozen_stages)
+        self.backbone = make_backbone(
+            cfg.backbone, c, cfg.backbone_weights, cfg.frozen_stages,
+            fine_level=8 in (cfg.depth_features_stride, cfg.semantic_2d_features_stride),
+        )  # fmt: skip
         self.cross_view = (
             CrossViewTransformer(c, cfg.heads, cfg.cross_view_blocks, cfg.cross_view_window, cfg.dropout)
             if cfg.cross_view_blocks > 0
             else None
         )
-        self.semantic_2d = Semantic2DHead(c, cfg.num_classes, cfg.dropout)
+        self.semantic_2d = Semantic2DHead(c, cfg.num_classes, cfg.dropout, cfg.semantic_2d_features_stride)
         self.depth = DepthHead(c, cfg.depth_bins, 1.0, cfg.depth_max)
         self.proposal = QueryProposal(cfg.query_grid, cfg.proposal_channels)
         # Privileged teacher: log(1 + LiDAR returns) per query voxel -> a query embedding.
@@ -114,13 +119,17 @@ class MonoOcc(nn.Module):
                 f"{self.cfg.name} expects {len(self.cfg.frame_offsets)} frame(s) and projections (B, K, 3, 4); "
                 f"got images {tuple(images.shape)} and projections {tuple(projections.shape)}"
             )
-        feats = self.backbone(images.reshape(b * k, 3, h, w))
+        feats, fine = self.backbone(images.reshape(b * k, 3, h, w))
         if self.cross_view is not None:
             feats = self.cross_view(feats.view(b, k, *feats.shape[1:])).reshape(b * k, *feats.shape[1:])
-        current = feats.view(b, k, *feats.shape[1:])[:, self.current]
+        maps = {16: feats.view(b, k, *feats.shape[1:])[:, self.current]}
+        if fine is not None:
+            maps[8] = fine.view(b, k, *fine.shape[1:])[:, self.current]
         size_2d = (h // LABEL_STRIDE, w // LABEL_STRIDE)
-        semantic_2d = self.semantic_2d(current, size_2d) if with_2d or self.lift is not None else None
-        depth_logits, depth = self.depth(current, size_2d)
+        semantic_2d = None
+        if with_2d or self.lift is not None:
+            semantic_2d = self.semantic_2d(maps[self.cfg.semantic_2d_features_stride], size_2d)
+        depth_logits, depth = self.depth(maps[self.cfg.depth_features_stride], size_2d)
         query_bias = None
         if lidar_evidence is not None and self.lidar_embed is not None:
             proposal_logits = self.proposal.from_evidence(lidar_evidence)
