@@ -4,6 +4,7 @@ every config, the model's projection geometry on a synthetic frame, losses and c
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -409,9 +410,9 @@ def test_efficientnet_backbone_is_pretrained_frozen_only_where_pretrained():
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
 def test_fine_level_adds_a_stride_8_map_and_leaves_the_stride_16_map_as_it_was(name):
-    """depth/semantic_2d_features_stride 8: a second FPN level at stride 8 for the 2D heads. The stride-16 map
-    (what the voxel attention reads) is computed exactly as without it: the top level of an FPN
-    takes nothing from the levels below."""
+    """depth/semantic_2d_features_stride 8: a second FPN level at stride 8 for the 2D heads. The
+    stride-16 map (what the voxel attention reads) is computed exactly as without it: the top
+    level of an FPN takes nothing from the levels below."""
     from monoocc_ros.model.backbone import make_backbone
 
     torch.manual_seed(0)
@@ -438,6 +439,32 @@ def test_fine_level_adds_a_stride_8_map_and_leaves_the_stride_16_map_as_it_was(n
     for key in ("depth_features_stride", "semantic_2d_features_stride"):
         with pytest.raises(ConfigError, match=f"{key} must be 8 or 16"):
             ModelConfig(name="x", **{key: 4})
+
+
+def test_each_2d_head_reads_the_map_of_its_configured_stride():
+    """semantic_2d_features_stride 8: the 2D semantic head reads the stride-8 map (one x2 block to
+    1/4 instead of two) and the depth head, left at 16, gives exactly the model's depth without
+    the option; the outputs keep their 1/4-resolution shapes."""
+    import dataclasses
+
+    cfg = load_named_config("student_tiny")
+    torch.manual_seed(0)
+    plain = MonoOcc(cfg).eval()
+    semantic8 = MonoOcc(dataclasses.replace(cfg, semantic_2d_features_stride=8)).eval()
+    # The same weights everywhere but the new stride-8 FPN level and the 2D head.
+    state = {re.sub(r"fpn\.(inner|layer)_blocks\.0", r"fpn.\1_blocks.1", k): v for k, v in plain.state_dict().items()}
+    semantic8.load_state_dict({k: v for k, v in state.items() if not k.startswith("semantic_2d.")}, strict=False)
+
+    def upsamplings(head: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.Upsample) for m in head.modules())
+
+    assert (upsamplings(plain.semantic_2d), upsamplings(semantic8.semantic_2d)) == (2, 1)
+    image = torch.rand(1, 1, 3, 96, 320)
+    projection = torch.tensor([[[[150.0, -320, 0, 0], [48, 0, -150, 0], [1, 0, 0, 0]]]])
+    with torch.no_grad():
+        a, b = plain(image, projection), semantic8(image, projection)
+    assert b["semantic_2d"].shape == a["semantic_2d"].shape == (1, 20, 24, 80)
+    torch.testing.assert_close(b["depth"], a["depth"])
 
 
 def test_fine_head_labels_and_confidence_against_a_voxel_by_voxel_reference():

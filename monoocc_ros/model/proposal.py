@@ -20,8 +20,8 @@ from monoocc_ros.model.export_friendly import softmax
 
 
 class DepthHead(nn.Module):
-    """(B, C, H/s, W/s) features (s = 16 or 8) -> depth logits (B, bins, h, w) and expected depth (B, h, w), with
-    (h, w) the requested output size (the sparse depth's, 1/4 of the image)."""
+    """(B, C, H/s, W/s) features (s = 16 or 8) -> depth logits (B, bins, h, w) and expected depth
+    (B, h, w), with (h, w) the requested output size (the sparse depth's, 1/4 of the image)."""
 
     centers: torch.Tensor  # a buffer (registered in __init__)
 
