@@ -439,12 +439,13 @@ def test_calibrate_writes_the_threshold_on_training_frames_only(tmp_path, data_r
     assert torch.equal(labels > 0, out["occupancy"].sigmoid() > cut)
     # The figures calibrate reports are the official metrics of the decision it stored, on its frames.
     from monoocc_ros.metrics import SSCMetrics
+    from monoocc_ros.trainer.calibrate import calibration_frames
     from monoocc_ros.trainer.engine import expand_labels, make_dataset
 
     frames = make_dataset(per_class.cfg, str(data_root), ("00",), per_class.cfg.frame_offsets, ())
     metrics = SSCMetrics()
     with torch.inference_mode():
-        for i in np.unique(np.linspace(0, len(frames) - 1, num=min(3, len(frames))).round().astype(int)):
+        for i in calibration_frames(len(frames), 3):
             item = frames[int(i)]
             labels, _ = per_class.predict_grid(item["image"][None, None], item["projection"][None, None])
             metrics.update(expand_labels(labels, per_class.cfg.grid)[0].numpy(), item["target"].numpy())

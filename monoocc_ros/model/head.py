@@ -88,8 +88,7 @@ class FineOccupancyHead(nn.Module):
     upsampled, plus a per-query Linear that predicts a correction for each of its r^3 sub-voxels.
     A voxel's label is empty where P(occupied) <= `occupancy_threshold` (0.5: log-odds <= 0; or its
     class's entry of `class_occupancy_thresholds`), else the most likely non-empty class of its
-    semantic voxel (`labels_and_confidence`): no
-    full-resolution logits are ever built."""
+    semantic voxel (`labels_and_confidence`): no full-resolution logits are ever built."""
 
     def __init__(self, dim: int, num_classes: int, subvoxels: int, semantic_upsample: int) -> None:
         super().__init__()

@@ -107,6 +107,11 @@ def best_threshold(occupied: np.ndarray, empty: np.ndarray) -> tuple[float, floa
     return float(edges[k]), float(iou[k]), float(iou[BINS // 2])
 
 
+def calibration_frames(items: int, frames: int) -> np.ndarray:
+    """The indices of `frames` items spread evenly over a split of `items` (all when fewer)."""
+    return np.unique(np.linspace(0, items - 1, num=min(frames, items)).round().astype(int))
+
+
 @dataclass
 class ClassHistograms:
     """Counts of valid voxels per (predicted class, P(occupied) bin), (NUM_CLASSES, BINS) each:
@@ -231,7 +236,7 @@ def calibrate(
         )
     seqs = _training_sequences(data, sequences)
     dataset = make_dataset(cfg, data, seqs, cfg.frame_offsets, cfg.privileged_lidar)
-    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(frames, len(dataset))).round().astype(int))
+    picks = calibration_frames(len(dataset), frames)
     subset = torch.utils.data.Subset(dataset, picks.tolist())
     if per_class:
         result, new_cfg = _per_class(model, subset, dev, progress, len(picks), seqs)
@@ -267,15 +272,15 @@ def _per_class(model: MonoOcc, subset, dev: torch.device, progress: bool, frames
     thresholds = tuple(float(e) / BINS for e in edges[1:])
     cfg = model.cfg
     result = Calibration(
-        cfg.occupancy_threshold,
-        iou,
-        iou_half,
-        cfg.occupancy_threshold,
-        frames,
-        seqs,
-        thresholds,
-        miou,
-        miou_half,
-        cfg.class_occupancy_thresholds,
+        threshold=cfg.occupancy_threshold,
+        iou=iou,
+        iou_at_half=iou_half,
+        previous=cfg.occupancy_threshold,
+        frames=frames,
+        sequences=seqs,
+        class_thresholds=thresholds,
+        miou=miou,
+        miou_at_half=miou_half,
+        previous_class_thresholds=cfg.class_occupancy_thresholds,
     )
     return result, dataclasses.replace(cfg, class_occupancy_thresholds=thresholds)
