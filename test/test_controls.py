@@ -314,6 +314,8 @@ def test_eval_controls_end_to_end(tmp_path, monkeypatch, checkpoint, capsys):
     assert rows["other image"] == [f"{other[k]:.2f}" for k in ("completion_iou", "miou", "precision", "recall")]
     assert f"perception gain: {gain:.2f} mIoU points" in text
     assert "note: the prior is built from evaluated sequences" not in text
+    # These sequences have no velodyne scans: the depth is said to be unscored, not scored as 0.
+    assert "depth: no frame has LiDAR depth (velodyne scans), not scored" in text and "depth" not in data
 
     # A root with one sequence cannot lend another image: one line, no traceback.
     lonely = tmp_path / "lonely"

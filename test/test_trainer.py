@@ -138,6 +138,36 @@ def test_eval_writes_semantickitti_predictions(tmp_path, data_root):
         evaluate_checkpoint(str(cfg.output_dir / "last.pt"), str(data_root), "test", device="cpu", progress=False)
 
 
+def test_eval_scores_the_depth_head_against_each_frames_lidar_depth(tmp_path, data_root):
+    from monoocc_ros.checkpoint import build_model_from_checkpoint
+    from monoocc_ros.depth_metrics import DepthMetrics
+    from monoocc_ros.trainer.engine import make_dataset, model_inputs
+
+    cfg = _config(tmp_path, data_root, max_steps=1)
+    train(cfg, device="cpu", progress=False)
+    depth = DepthMetrics()
+    evaluate_checkpoint(
+        str(cfg.output_dir / "last.pt"), str(data_root), "val", device="cpu", progress=False, depth=depth
+    )
+    got = depth.scores()
+    # Independently: the depth head's output on each validation frame against its LiDAR depth.
+    model, _ = build_model_from_checkpoint(cfg.output_dir / "last.pt")
+    dataset = make_dataset(model.cfg, str(data_root), ("08",), model.cfg.frame_offsets)
+    rel, pixels = [], 0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        batch = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+        with torch.inference_mode():
+            d = model.predict_grid_and_depth(*model_inputs(batch, model.cfg, torch.device("cpu")))[2][0].numpy()
+        g = item["depth_2d"].numpy()
+        valid = (g > 0) & (g <= model.cfg.depth_max)
+        rel.append(np.mean(np.abs(d[valid] - g[valid]) / g[valid]))
+        pixels += int(valid.sum())
+    assert got is not None and got.frames == 2 and got.pixels == pixels > 100
+    assert got.abs_rel == pytest.approx(np.mean(rel), rel=1e-5)
+    assert got.max_depth == model.cfg.depth_max
+
+
 def test_ablation_table_reports_spread_and_missing_runs():
     from monoocc_ros.trainer.ablation import RARE_CLASSES, format_results
 

@@ -95,7 +95,17 @@ class MonoOcc(nn.Module):
         """Inference only (what the node, `predict`, eval and the ONNX export run), without the
         training-only 2D semantic head: labels (B, X, Y, Z) uint8 and confidence (B, X, Y, Z) at
         the output grid (`labels_and_confidence`)."""
+        return self._grid_labels(self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence))
+
+    def predict_grid_and_depth(
+        self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`predict_grid` and, from the same forward pass, the depth head's metric depth
+        (B, H/4, W/4) that placed the proposals: what `monoocc eval` scores the depth by."""
         out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
+        return (*self._grid_labels(out), out["depth"])
+
+    def _grid_labels(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         factor = self.cfg.semantic_scale // self.cfg.output_scale if self.cfg.head == "fine" else 1
         return labels_and_confidence(
             out["logits"].float(),

@@ -61,6 +61,7 @@ from monoocc_ros.trainer.config import TrainConfig
 from monoocc_ros.trainer.teacher_cache import teacher_outputs
 
 if TYPE_CHECKING:
+    from monoocc_ros.depth_metrics import DepthMetrics
     from monoocc_ros.trainer.controls import OtherImageDataset
     from monoocc_ros.trainer.teacher_cache import WithTeacherOutputs
 
@@ -196,11 +197,13 @@ def evaluate(
     progress: bool = True,
     amp: bool = False,
     desc: str = "eval",
+    depth: DepthMetrics | None = None,
 ) -> SSCScores:
     """SSC metrics on the full grid (256x256x32; coarser outputs are repeated), as the official
     evaluator, with the same scores inside the camera's view beside them (`.in_view`); optionally
     writes predictions as SemanticKITTI raw-id .label files. `dataset`: a SemanticKITTIDataset or
-    a wrapper yielding the same items and `view_mask` (the controls' other-image one)."""
+    a wrapper yielding the same items and `view_mask` (the controls' other-image one). `depth`:
+    given, it also accumulates the depth head's errors against each frame's LiDAR depth."""
     from monoocc_ros.classes import train_to_raw
     from monoocc_ros.data import formats as F
 
@@ -218,7 +221,9 @@ def evaluate(
     try:
         for batch in tqdm(loader, desc=desc, unit="frame", disable=not progress, leave=False):
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                labels, _ = model.predict_grid(*model_inputs(batch, cfg, device))
+                labels, _, depth_map = model.predict_grid_and_depth(*model_inputs(batch, cfg, device))
+            if depth is not None:
+                depth.update(depth_map[0].float().cpu().numpy(), batch["depth_2d"][0].numpy(), cfg.depth_max)
             pred = expand_labels(labels, cfg.grid).cpu().numpy().astype("uint8")
             seq, frame = batch["meta"]["sequence"][0], int(batch["meta"]["frame"][0])
             view = dataset.view_mask(seq)[None]
