@@ -286,6 +286,17 @@ def test_config_validation():
         ModelConfig.from_dict({"name": "x", "head": "fine", "query_scale": 4, "semantic_scale": 1})
 
 
+def test_a_removed_key_reads_at_its_honoured_value_and_is_an_error_otherwise():
+    # depth_stride (removed): the code always predicted depth at 1/4; checkpoints written before carry 4.
+    shipped = torch.load("models/student_tiny.pt", map_location="cpu", weights_only=True)
+    assert shipped["model_config"]["depth_stride"] == 4
+    cfg = ModelConfig.from_dict(shipped["model_config"])
+    assert cfg == ModelConfig.from_dict({k: v for k, v in shipped["model_config"].items() if k != "depth_stride"})
+    assert "depth_stride" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match=r"^m.yaml: depth_stride is no longer a setting \(depth and the 2D"):
+        ModelConfig.from_dict({"name": "x", "depth_stride": 8}, "m.yaml")
+
+
 def test_batched_and_single_frame_cross_attention_agree():
     """Training batches gather proposed voxels with padding; a single frame (the node, the ONNX
     export) uses their indices directly. Same voxels, same features."""

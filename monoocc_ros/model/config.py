@@ -96,6 +96,23 @@ def grid_from_dict(data: Any, source: str) -> GridSpec:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+# Keys a ModelConfig once had, with the only value the code ever honoured. Checkpoints written
+# before their removal carry them; that value is dropped on reading, any other is an error.
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "depth_stride": (4, "depth and the 2D semantics are always predicted at 1/4 of the network input"),
+}
+
+
+def _drop_removed_keys(data: Any, source: str) -> Any:
+    if not isinstance(data, dict) or not REMOVED_KEYS.keys() & data.keys():
+        return data
+    data = dict(data)
+    for key, (honoured, why) in REMOVED_KEYS.items():
+        if key in data and data.pop(key) != honoured:
+            raise ConfigError(f"{source}: {key} is no longer a setting ({why}); remove it")
+    return data
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -115,7 +132,6 @@ class ModelConfig:
     dropout: float = 0.1
     depth_bins: int = 64
     depth_max: float = 60.0
-    depth_stride: int = 4  # depth is predicted at 1/depth_stride of the network's input
     # Strides of the image features the depth and the 2D semantic heads read: 16 shares the voxel
     # attention's map; 8 adds a stride-8 FPN level (model/backbone.py) for the head(s) set to 8.
     depth_features_stride: int = 16
@@ -248,6 +264,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ModelConfig:
+        data = _drop_removed_keys(data, source)
         check_keys(cls, data, source, "model", required=("name",))
         data = dict(data)
         loss = data.pop("loss", {}) or {}
