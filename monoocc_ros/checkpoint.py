@@ -20,7 +20,7 @@ import torch
 
 from monoocc_ros import __version__
 from monoocc_ros.classes import CLASS_NAMES
-from monoocc_ros.model.config import ConfigError, ModelConfig
+from monoocc_ros.model.config import REMOVED_KEYS, ConfigError, ModelConfig
 
 FORMAT = 1
 
@@ -135,7 +135,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} was trained for classes {data.get('class_names')}, not the 20 SemanticKITTI classes"
         )
     try:
-        data["model_config"] = ModelConfig.from_dict(dict(data["model_config"]), f"{path} model_config")
+        stored = {k: v for k, v in dict(data["model_config"]).items() if k not in REMOVED_KEYS}
+        data["model_config"] = ModelConfig.from_dict(stored, f"{path} model_config")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     return data

@@ -286,15 +286,21 @@ def test_config_validation():
         ModelConfig.from_dict({"name": "x", "head": "fine", "query_scale": 4, "semantic_scale": 1})
 
 
-def test_a_removed_key_reads_at_its_honoured_value_and_is_an_error_otherwise():
+def test_a_removed_key_reads_at_its_honoured_value_and_is_an_error_otherwise(tmp_path):
+    from monoocc_ros.checkpoint import load_checkpoint
+
     # depth_stride (removed): the code always predicted depth at 1/4; checkpoints written before carry 4.
     shipped = torch.load("models/student_tiny.pt", map_location="cpu", weights_only=True)
     assert shipped["model_config"]["depth_stride"] == 4
-    cfg = ModelConfig.from_dict(shipped["model_config"])
-    assert cfg == ModelConfig.from_dict({k: v for k, v in shipped["model_config"].items() if k != "depth_stride"})
-    assert "depth_stride" not in cfg.to_dict()
-    with pytest.raises(ConfigError, match=r"^m.yaml: depth_stride is no longer a setting \(depth and the 2D"):
+    without = ModelConfig.from_dict({k: v for k, v in shipped["model_config"].items() if k != "depth_stride"})
+    assert ModelConfig.from_dict(shipped["model_config"]) == without
+    assert "depth_stride" not in without.to_dict()
+    with pytest.raises(ConfigError, match=r"^m.yaml: depth_stride 8 is no longer a setting \(depth and the 2D"):
         ModelConfig.from_dict({"name": "x", "depth_stride": 8}, "m.yaml")
+    # A checkpoint's network never depended on the key: it loads whatever the value.
+    shipped["model_config"]["depth_stride"] = 8
+    torch.save(shipped, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["model_config"] == without
 
 
 def test_batched_and_single_frame_cross_attention_agree():

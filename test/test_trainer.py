@@ -153,7 +153,7 @@ def test_eval_scores_the_depth_head_against_each_frames_lidar_depth(tmp_path, da
     # Independently: the depth head's output on each validation frame against its LiDAR depth.
     model, _ = build_model_from_checkpoint(cfg.output_dir / "last.pt")
     dataset = make_dataset(model.cfg, str(data_root), ("08",), model.cfg.frame_offsets)
-    rel, pixels = [], 0
+    rel, rmse, delta1, pixels = [], [], [], 0
     for i in range(len(dataset)):
         item = dataset[i]
         batch = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
@@ -162,9 +162,13 @@ def test_eval_scores_the_depth_head_against_each_frames_lidar_depth(tmp_path, da
         g = item["depth_2d"].numpy()
         valid = (g > 0) & (g <= model.cfg.depth_max)
         rel.append(np.mean(np.abs(d[valid] - g[valid]) / g[valid]))
+        rmse.append(np.sqrt(np.mean((d[valid] - g[valid]) ** 2)))
+        delta1.append(100 * np.mean(np.maximum(d[valid] / g[valid], g[valid] / d[valid]) < 1.25))
         pixels += int(valid.sum())
     assert got is not None and got.frames == 2 and got.pixels == pixels > 100
     assert got.abs_rel == pytest.approx(np.mean(rel), rel=1e-5)
+    assert got.rmse == pytest.approx(np.mean(rmse), rel=1e-5)
+    assert got.delta1 == pytest.approx(np.mean(delta1), abs=1e-6)
     assert got.max_depth == model.cfg.depth_max
 
 

@@ -96,8 +96,10 @@ def grid_from_dict(data: Any, source: str) -> GridSpec:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-# Keys a ModelConfig once had, with the only value the code ever honoured. Checkpoints written
-# before their removal carry them; that value is dropped on reading, any other is an error.
+# Keys a ModelConfig once had, with the only value the code ever honoured, and why. A config
+# that sets one to that value reads as without it; any other value is an error, not a setting
+# silently ignored. Checkpoints drop them whatever their value (`checkpoint.load_checkpoint`):
+# their network was built as if the key were absent.
 REMOVED_KEYS: dict[str, tuple[Any, str]] = {
     "depth_stride": (4, "depth and the 2D semantics are always predicted at 1/4 of the network input"),
 }
@@ -108,8 +110,8 @@ def _drop_removed_keys(data: Any, source: str) -> Any:
         return data
     data = dict(data)
     for key, (honoured, why) in REMOVED_KEYS.items():
-        if key in data and data.pop(key) != honoured:
-            raise ConfigError(f"{source}: {key} is no longer a setting ({why}); remove it")
+        if key in data and (value := data.pop(key)) != honoured:
+            raise ConfigError(f"{source}: {key} {value!r} is no longer a setting ({why}); remove it")
     return data
 
 

@@ -101,7 +101,8 @@ class MonoOcc(nn.Module):
         self, images: torch.Tensor, projections: torch.Tensor, lidar_evidence: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`predict_grid` and, from the same forward pass, the depth head's metric depth
-        (B, H/4, W/4) that placed the proposals: what `monoocc eval` scores the depth by."""
+        (B, H/4, W/4): what placed a student's proposals (a privileged teacher's come from
+        LiDAR), and what `monoocc eval` scores the depth by."""
         out = self._run(images, projections, with_2d=False, lidar_evidence=lidar_evidence)
         return (*self._grid_labels(out), out["depth"])
 
