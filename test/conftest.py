@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,3 +40,10 @@ def realdata_seq00() -> Path:
     if not seq.is_dir():
         pytest.skip(f"real SemanticKITTI sample not found at {seq} (only present beside the repo)")
     return seq
+
+
+def with_stride_8_level(state: dict) -> dict:
+    """A state dict of a model or backbone without the stride-8 FPN level, its keys renamed for
+    one with it: the stride-16 level is the FPN's second (index 1) once a stride-8 level is
+    below it. The new level itself stays as initialised (load with strict=False)."""
+    return {re.sub(r"fpn\.(inner|layer)_blocks\.0", r"fpn.\1_blocks.1", k): v for k, v in state.items()}

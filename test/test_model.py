@@ -4,12 +4,12 @@ every config, the model's projection geometry on a synthetic frame, losses and c
 from __future__ import annotations
 
 import itertools
-import re
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import with_stride_8_level
 from monoocc_ros.data.synth import SequenceRenderer, make_world
 from monoocc_ros.geometry import (
     IMAGE_HEIGHT,
@@ -436,10 +436,8 @@ def test_fine_level_adds_a_stride_8_map_and_leaves_the_stride_16_map_as_it_was(n
     plain = make_backbone(name, 48).eval()
     torch.manual_seed(0)
     pyramid = make_backbone(name, 48, fine_level=True).eval()
-    # The same stride-16 FPN weights in both (the pyramid's are its second level).
-    pyramid.fpn.inner_blocks[1].load_state_dict(plain.fpn.inner_blocks[0].state_dict())
-    pyramid.fpn.layer_blocks[1].load_state_dict(plain.fpn.layer_blocks[0].state_dict())
-    plain.load_state_dict({k: v for k, v in pyramid.state_dict().items() if "fpn" not in k}, strict=False)
+    # The same weights in both, the plain stride-16 FPN level as the pyramid's second level.
+    pyramid.load_state_dict(with_stride_8_level(plain.state_dict()), strict=False)
     image = torch.rand(1, 3, 188, 620)
     with torch.no_grad():
         coarse, none = plain(image)
@@ -469,7 +467,7 @@ def test_each_2d_head_reads_the_map_of_its_configured_stride():
     plain = MonoOcc(cfg).eval()
     semantic8 = MonoOcc(dataclasses.replace(cfg, semantic_2d_features_stride=8)).eval()
     # The same weights everywhere but the new stride-8 FPN level and the 2D head.
-    state = {re.sub(r"fpn\.(inner|layer)_blocks\.0", r"fpn.\1_blocks.1", k): v for k, v in plain.state_dict().items()}
+    state = with_stride_8_level(plain.state_dict())
     semantic8.load_state_dict({k: v for k, v in state.items() if not k.startswith("semantic_2d.")}, strict=False)
 
     def upsamplings(head: torch.nn.Module) -> int:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import with_stride_8_level
 from monoocc_ros.checkpoint import build_model_from_checkpoint, save_checkpoint
 from monoocc_ros.data.formats import read_calib
 from monoocc_ros.inference import Predictor, onnx_cache_path
@@ -328,13 +329,11 @@ def test_stride_8_features_export_and_match_torch(tmp_path, frames):
     """A model whose depth head reads the stride-8 FPN level (`depth_features_stride: 8`) exports,
     and ONNX Runtime gives torch's labels; the new level changes them (it feeds the depth)."""
     import dataclasses
-    import re
 
     shipped, _ = build_model_from_checkpoint(SHIPPED)
     torch.manual_seed(0)
     fine = MonoOcc(dataclasses.replace(shipped.cfg, depth_features_stride=8))
     # The shipped stride-16 FPN becomes the pyramid's second level; the rest loads as it is.
-    state = {re.sub(r"fpn\.(inner|layer)_blocks\.0", r"fpn.\1_blocks.1", k): v for k, v in shipped.state_dict().items()}
-    missing = fine.load_state_dict(state, strict=False).missing_keys
+    missing = fine.load_state_dict(with_stride_8_level(shipped.state_dict()), strict=False).missing_keys
     assert {k.rsplit(".", 1)[0] for k in missing} == {"backbone.fpn.inner_blocks.0.0", "backbone.fpn.layer_blocks.0.0"}
     _assert_exports_like_torch_and_differs_from_shipped(fine, tmp_path, frames)
