@@ -172,6 +172,25 @@ def test_eval_scores_the_depth_head_against_each_frames_lidar_depth(tmp_path, da
     assert got.max_depth == model.cfg.depth_max
 
 
+def test_the_shipped_student_config_distils_from_the_shipped_teacher():
+    """No teacher run is needed before distilling the shipped student: its config names the
+    committed teacher, which loads frozen, and the run record holds that very file's hash."""
+    import json
+
+    from monoocc_ros.checkpoint import sha256
+    from monoocc_ros.model.config import load_named_config
+    from monoocc_ros.trainer.engine import load_teacher
+
+    cfg = TrainConfig.from_yaml("config/train/student_tiny.yaml")
+    assert cfg.teacher_checkpoint == "models/teacher_tiny.pt"
+    teacher = load_teacher(cfg, load_named_config(cfg.model), torch.device("cpu"))
+    assert teacher is not None and teacher.cfg.name == "teacher_tiny" and teacher.cfg.privileged_lidar
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    record = json.loads(Path("results/runs/teacher_tiny.json").read_text())
+    assert record["exported_sha256"] == sha256(cfg.teacher_checkpoint)
+    assert record["validation"]["step"] == record["step"] == 4000
+
+
 def test_ablation_table_reports_spread_and_missing_runs():
     from monoocc_ros.trainer.ablation import RARE_CLASSES, format_results
 
