@@ -191,6 +191,26 @@ def test_the_shipped_student_config_distils_from_the_shipped_teacher():
     assert record["validation"]["step"] == record["step"] == 4000
 
 
+def test_the_shipped_student_is_its_configs_run():
+    """models/student_tiny.pt is what config/train/student_tiny.yaml trains: the run record's
+    recipe is the config's, its teacher is the committed one, and it holds the shipped file's hash
+    and validation scores."""
+    import json
+
+    from monoocc_ros.checkpoint import load_checkpoint, sha256
+
+    cfg = TrainConfig.from_yaml("config/train/student_tiny.yaml")
+    record = json.loads(Path("results/runs/student_tiny.json").read_text())
+    recipe = ("lr", "max_steps", "epochs", "seed", "warmup_iters", "weight_decay", "grad_clip", "batch_size")
+    assert {k: record["train_config"][k] for k in recipe} == {k: getattr(cfg, k) for k in recipe}
+    assert record["train_config"]["teacher_checkpoint"] == cfg.teacher_checkpoint
+    assert record["teacher_sha256"] == sha256(cfg.teacher_checkpoint)
+    assert record["shipped_sha256"] == sha256("models/student_tiny.pt")
+    shipped = load_checkpoint("models/student_tiny.pt")
+    assert shipped["step"] == record["step"] == cfg.max_steps
+    assert shipped["metrics"]["miou"] == record["validation"]["miou"]
+
+
 def test_ablation_table_reports_spread_and_missing_runs():
     from monoocc_ros.trainer.ablation import RARE_CLASSES, format_results
 
@@ -214,6 +234,19 @@ def test_ablation_table_reports_spread_and_missing_runs():
     students = [{"seed": 43, "metrics": run2}, {"seed": 42, "metrics": run}]  # seed 44's student has not run
     text = format_results({"teacher": teacher, "student (full)": students}, [42, 43, 44])
     assert "margin over the full student: +6.50 ± 0.50 mIoU (n=2; per seed 42: +7.00, 43: +6.00)." in text
+
+
+def test_the_ablation_trains_new_seeds_at_the_learning_rate_of_its_committed_records(tmp_path):
+    """The shipped configs may change their lr; a new ablation seed must still be comparable."""
+    import json
+
+    from monoocc_ros.trainer.ablation import VARIANTS, run_config
+
+    records = [json.loads(p.read_text()) for p in Path("results/ablation").glob("*_seed*.json")]
+    assert len(records) >= 15
+    for variant in VARIANTS:
+        recorded = {r["train_config"]["lr"] for r in records if r["variant"] == variant}
+        assert recorded and run_config(variant, 99, "data/benchmark", 1500, 3000, tmp_path).lr in recorded
 
 
 def test_ablation_tabulates_committed_records_without_training(tmp_path):
