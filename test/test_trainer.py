@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from monoocc_ros.checkpoint import CheckpointError, load_checkpoint
+from monoocc_ros.checkpoint import CheckpointError, load_checkpoint, sha256
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.synth import synthesize
@@ -175,9 +176,6 @@ def test_eval_scores_the_depth_head_against_each_frames_lidar_depth(tmp_path, da
 def test_the_shipped_student_config_distils_from_the_shipped_teacher():
     """No teacher run is needed before distilling the shipped student: its config names the
     committed teacher, which loads frozen, and the run record holds that very file's hash."""
-    import json
-
-    from monoocc_ros.checkpoint import sha256
     from monoocc_ros.model.config import load_named_config
     from monoocc_ros.trainer.engine import load_teacher
 
@@ -195,10 +193,6 @@ def test_the_shipped_student_is_its_configs_run():
     """models/student_tiny.pt is what config/train/student_tiny.yaml trains: the run record's
     recipe is the config's, its teacher is the committed one, and it holds the shipped file's hash
     and validation scores."""
-    import json
-
-    from monoocc_ros.checkpoint import load_checkpoint, sha256
-
     cfg = TrainConfig.from_yaml("config/train/student_tiny.yaml")
     record = json.loads(Path("results/runs/student_tiny.json").read_text())
     recipe = ("lr", "max_steps", "epochs", "seed", "warmup_iters", "weight_decay", "grad_clip", "batch_size")
@@ -238,8 +232,6 @@ def test_ablation_table_reports_spread_and_missing_runs():
 
 def test_the_ablation_trains_new_seeds_at_the_learning_rate_of_its_committed_records(tmp_path):
     """The shipped configs may change their lr; a new ablation seed must still be comparable."""
-    import json
-
     from monoocc_ros.trainer.ablation import VARIANTS, run_config
 
     records = [json.loads(p.read_text()) for p in Path("results/ablation").glob("*_seed*.json")]
@@ -251,8 +243,6 @@ def test_the_ablation_trains_new_seeds_at_the_learning_rate_of_its_committed_rec
 
 def test_ablation_tabulates_committed_records_without_training(tmp_path):
     """`make ablation` resumes across machines: a run whose record exists is read, not retrained."""
-    import json
-
     from monoocc_ros.trainer.ablation import run, slug
 
     records = tmp_path / "records"
@@ -276,8 +266,6 @@ def test_ablation_adds_controls_from_the_runs_own_checkpoint(tmp_path, data_root
     """Records written before the controls existed get them from their run's checkpoint
     (`monoocc ablation --no-train --controls`), once, and only when that checkpoint is the run
     the record describes; the prior is computed once, as `monoocc eval --controls` scores it."""
-    import json
-
     from monoocc_ros.trainer.ablation import add_controls, finished_metrics, prior_record, run, slug
     from monoocc_ros.trainer.evaluate import evaluate_other_image, evaluate_with_controls
 
