@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,27 @@ def test_the_shipped_student_is_its_configs_run():
     shipped = load_checkpoint("models/student_tiny.pt")
     assert shipped["step"] == record["step"] == cfg.max_steps
     assert shipped["metrics"]["miou"] == record["validation"]["miou"]
+
+
+def test_the_model_card_quotes_the_shipped_students_validation():
+    """models/README.md states the figures of models/student_tiny_eval.json (the shipped file's
+    `monoocc eval --controls`), so replacing the model without its card fails here; and no
+    template placeholder such as {WALL} is left unfilled in any committed Markdown file."""
+    card = Path("models/README.md").read_text()
+    scores = json.loads(Path("models/student_tiny_eval.json").read_text())
+    record = json.loads(Path("results/runs/student_tiny.json").read_text())
+    assert scores["miou"] == record["validation"]["miou"]
+    tables = [[cell.strip().strip("*") for cell in line.split("|")[1:-1]] for line in card.splitlines()]
+    rows = {cells[0]: cells[1:] for cells in tables if cells}
+    shipped = next(row for name, row in rows.items() if name.startswith("student_tiny (shipped"))
+    other = rows["the same model, other worlds' images (own calibration)"]
+    prior = next(row for name, row in rows.items() if name.startswith("image-free prior"))
+    for row, s in ((shipped, scores), (other, scores["controls"]["other_image"]), (prior, scores["controls"]["prior"])):
+        # columns: precision, recall, completion IoU, mIoU, then classes
+        assert row[2:4] == [f"{s['completion_iou']:.2f}", f"{s['miou']:.2f}"], row
+    tracked = subprocess.run(["git", "ls-files", "*.md"], capture_output=True, text=True, check=True).stdout.split()
+    unfilled = {f: re.findall(r"\{[A-Z][A-Z0-9_]{2,}\}", Path(f).read_text()) for f in tracked}
+    assert not {f: found for f, found in unfilled.items() if found}
 
 
 def test_ablation_table_reports_spread_and_missing_runs():
