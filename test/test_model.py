@@ -248,6 +248,47 @@ def test_vectorised_sem_scal_equals_the_per_class_loop(seed):
     torch.testing.assert_close(sem_scal_loss(logits, only_one), _sem_scal_reference(logits, only_one))
 
 
+def _geo_scal_reference(empty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MonoScene's geo_scal on the kept voxels only, indexed out (the shipped code before weighting)."""
+
+    def bce_one(p):
+        return torch.nn.functional.binary_cross_entropy(p.clamp(1e-6, 1.0), torch.ones_like(p))
+
+    keep = target != 255
+    e, t = empty[keep], (target[keep] != 0).to(empty.dtype)
+    occupied = 1 - e
+    inter = (occupied * t).sum()
+    return bce_one(inter / occupied.sum()) + bce_one(inter / t.sum()) + bce_one(((1 - t) * e).sum() / (1 - t).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_geo_scal_and_fine_occupancy_losses_equal_the_indexed_originals(seed):
+    """Ignored voxels are weighted 0 instead of indexed out (a nonzero and a scatter per term on
+    2 M voxels): the same values and gradients as scoring the kept voxels alone."""
+    from monoocc_ros.model.losses import fine_occupancy_loss
+
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(2, 20, 6, 5, 4, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    target = torch.randint(0, 20, (2, 6, 5, 4), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.4] = 0
+    target[torch.rand(target.shape, generator=g) < 0.3] = 255
+    new = geo_scal_loss(logits, target)
+    ref = _geo_scal_reference(logits.softmax(1)[:, 0], target)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(new, logits)[0], torch.autograd.grad(ref, logits)[0])
+
+    occupancy = (torch.randn(2, 12, 10, 8, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    fine = torch.randint(0, 3, (2, 12, 10, 8), generator=g)
+    fine[:, :3] = 255
+    keep = fine != 255
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(occupancy[keep], (fine[keep] != 0).double())
+    ref = bce + _geo_scal_reference(torch.sigmoid(-occupancy), fine)
+    new = fine_occupancy_loss(occupancy, fine)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(new, occupancy)[0], torch.autograd.grad(ref, occupancy)[0])
+    assert torch.autograd.grad(fine_occupancy_loss(occupancy, fine), occupancy)[0][:, :3].abs().max() == 0
+
+
 def test_loss_terms_switch_off():
     cfg = load_named_config("student_tiny")
     off = cfg.loss.__class__(ce=1.0, sem_scal=0, geo_scal=0, semantic_2d=0, proposal=0, depth=0)
@@ -534,6 +575,24 @@ def test_per_class_occupancy_thresholds_decide_by_the_semantic_voxels_class():
         dataclasses.replace(cfg, class_occupancy_thresholds=(0.3,) * 18)
     with pytest.raises(ConfigError, match=r"values must be in \(0, 1\)"):
         dataclasses.replace(cfg, class_occupancy_thresholds=(0.3,) * 18 + (1.0,))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_eager_trilinear_upsampling_equals_torch_interpolate_in_values_and_gradients(factor):
+    """The heads' upsampling (axis by axis, model/export_friendly.py) is F.interpolate's trilinear
+    align_corners=False rule, clamped ends included, forward and backward."""
+    from monoocc_ros.model.export_friendly import upsample_trilinear
+
+    g = torch.Generator().manual_seed(factor)
+    for shape in [(2, 3, 5, 4, 1), (1, 20, 8, 6, 2), (1, 1, 7, 3, 4)]:  # odd sizes, a size-1 axis
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        expected = torch.nn.functional.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)
+        got = upsample_trilinear(x, factor)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        upstream = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+        (g_expected,) = torch.autograd.grad(expected, x, upstream)
+        (g_got,) = torch.autograd.grad(got, x, upstream)
+        torch.testing.assert_close(g_got, g_expected, rtol=0, atol=1e-12)
 
 
 def test_fine_head_starts_from_the_coarse_geometry_and_learns_sub_voxels():
