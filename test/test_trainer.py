@@ -227,6 +227,14 @@ def test_the_model_card_quotes_the_shipped_students_validation():
     assert not {f: found for f, found in unfilled.items() if found}
 
 
+def test_datasets_and_runs_stay_out_of_git_even_as_symlinks():
+    """data/ and runs/ hold gigabytes and checkpoints. Users often make them symlinks to a
+    larger disk, and a `/data/` pattern ignores only a directory: `git add -A` committed such a
+    symlink, and checking that commit out elsewhere deleted the real, ignored dataset folder."""
+    for path in ("data", "runs"):  # a path below a symlink is refused by git, so the names themselves
+        assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path]).returncode == 0, path
+
+
 def test_ablation_table_reports_spread_and_missing_runs():
     from monoocc_ros.trainer.ablation import RARE_CLASSES, format_results
 
