@@ -64,14 +64,19 @@ def sem_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def geo_scal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return geo_scal_from_empty(logits.softmax(1)[:, 0], target)
+    return geo_scal_from_empty(logits.softmax(1)[:, 0], *scored_and_occupied(target, logits.dtype))
 
 
-def geo_scal_from_empty(empty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def scored_and_occupied(target: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """target train ids -> (keep, occupied) as `dtype` weights of the same shape: 1 where a voxel
+    is scored (not 255), and 1 where it is scored and occupied (1..19)."""
+    keep = target != IGNORE
+    return keep.to(dtype), (keep & (target != 0)).to(dtype)
+
+
+def geo_scal_from_empty(empty: torch.Tensor, keep: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """MonoScene's geometric precision, recall and specificity terms. empty: P(empty) of each
-    voxel, target: their train ids (the same shape; 255 ignored, weighted 0 as in sem_scal)."""
-    keep = (target != IGNORE).to(empty.dtype)
-    t = ((target != 0) & (target != IGNORE)).to(empty.dtype)  # occupied in the ground truth
+    voxel; keep, t: its `scored_and_occupied` weights (ignored voxels weighted 0, as in sem_scal)."""
     free = keep - t  # scored and empty in the ground truth
     occupied = (1 - empty) * keep
     inter = (occupied * t).sum()
@@ -88,10 +93,9 @@ def geo_scal_from_empty(empty: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def fine_occupancy_loss(occupancy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """occupancy (B, X, Y, Z) log-odds, target (B, X, Y, Z) train ids at the same grid (255
     ignored: weighted 0, not indexed out, as in sem_scal)."""
-    keep = (target != IGNORE).to(occupancy.dtype)
-    t = ((target != 0) & (target != IGNORE)).to(occupancy.dtype)
+    keep, t = scored_and_occupied(target, occupancy.dtype)  # once for both terms (2 M voxels)
     bce = F.binary_cross_entropy_with_logits(occupancy, t, weight=keep, reduction="sum") / keep.sum().clamp(min=1.0)
-    return bce + geo_scal_from_empty(torch.sigmoid(-occupancy), target)
+    return bce + geo_scal_from_empty(torch.sigmoid(-occupancy), keep, t)
 
 
 def masked_feature_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
