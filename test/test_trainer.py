@@ -88,6 +88,39 @@ def test_resume_with_another_config_names_the_keys(tmp_path, data_root):
         train(cfg2, resume=str(cfg.output_dir / "last.pt"), device="cpu", progress=False)
 
 
+def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, data_root):
+    """init_weights starts a run from another run's weights (training checkpoint or exported
+    model), with a fresh optimizer; weights of another architecture or a teacher are refused
+    before any data is read, naming what does not fit."""
+    from monoocc_ros.checkpoint import export_weights
+
+    torch.set_num_threads(2)
+    base = train(_config(tmp_path / "base", data_root, max_steps=2), device="cpu", progress=False)
+    source = tmp_path / "base" / "run" / "last.pt"
+    exported = tmp_path / "exported.pt"
+    export_weights(source, exported)
+    # lr 1e-12: one step moves no parameter measurably, so the run's parameters are its first ones
+    # (BatchNorm's running statistics do move: they are not compared)
+    for init in (source, exported):
+        tuned = _config(tmp_path / f"tuned_{init.stem}", data_root, max_steps=1, lr=1e-12, init_weights=str(init))
+        out = train(tuned, device="cpu", progress=False)
+        pairs = zip(out["model"].named_parameters(), base["model"].parameters(), strict=True)
+        for (key, a), b in pairs:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=key)
+        ckpt = load_checkpoint(tuned.output_dir / "last.pt")
+        assert ckpt["init_sha256"] == sha256(init) and ckpt["step"] == 1
+        assert ckpt["train_config"]["init_weights"] == str(init)
+    # without init_weights the same config starts elsewhere (the check above can fail)
+    fresh = train(_config(tmp_path / "fresh", data_root, max_steps=1, lr=1e-12), device="cpu", progress=False)
+    pairs = zip(fresh["model"].parameters(), base["model"].parameters(), strict=True)
+    assert not all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in pairs)
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(dict(MICRO, embed_dim=32)))
+    wide = _config(tmp_path / "wide", data_root, model=str(tmp_path / "wide.yaml"), init_weights=str(source))
+    with pytest.raises(CheckpointError, match=r"init_weights .*last.pt does not fit the model: shape mismatch"):
+        train(wide, device="cpu", progress=False)
+    assert not (tmp_path / "wide" / "run").exists()
+
+
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_root):
     cfg = _config(tmp_path, data_root, max_steps=2, epochs=1, warmup_iters=1)
     cfg_path = tmp_path / "train.yaml"

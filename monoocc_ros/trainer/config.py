@@ -23,6 +23,10 @@ class TrainConfig:
     data_root: str
     stage: str = "student"  # teacher: multi-frame model; student: monocular (distilled if a teacher is given)
     teacher_checkpoint: str | None = None  # frozen teacher for distillation (student stage)
+    # Fine-tuning: the run's first weights, read from a checkpoint or exported model of the same
+    # architecture (e.g. models/student_tiny.pt, to adapt it to your own data) instead of a random
+    # start. Only the weights: optimizer, schedule and step start afresh. A resumed run ignores it.
+    init_weights: str | None = None
     # Where the teacher's outputs are computed once (trainer/teacher_cache.py): auto (the user
     # cache, keyed by teacher and items), a folder, or off (run the teacher in every step).
     teacher_cache: str = "auto"

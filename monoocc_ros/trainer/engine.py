@@ -328,6 +328,19 @@ def load_resumable(path: str) -> dict:
     return ckpt
 
 
+def read_init_weights(path: str, model_cfg: ModelConfig) -> dict:
+    """The weights of checkpoint `path` (a training checkpoint or an exported model) that start a
+    fine-tuning run, checked against the run's architecture before any long work: weights that
+    do not fit are a clear error naming the keys. Settings that change no weight (dropout,
+    thresholds, loss weights) may differ: a fine-tune may change them."""
+    data = load_checkpoint(path, map_location="cpu")
+    if data["model_config"].is_teacher != model_cfg.is_teacher:
+        kind = "a multi-frame teacher" if data["model_config"].is_teacher else "a monocular student"
+        raise CheckpointError(f"init_weights {path} is {kind}; this run trains {model_cfg.name}")
+    check_weights_match(MonoOcc(model_cfg), data["weights"], f"init_weights {path}")
+    return {"weights": data["weights"], "sha256": sha256(path)}
+
+
 def load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, dev: torch.device) -> MonoOcc | None:
     """The frozen teacher named by `teacher_checkpoint` (None without one), checked against the student."""
     if not cfg.teacher_checkpoint:
@@ -412,10 +425,14 @@ def training_set(
     return WithTeacherOutputs(student_set, TeacherCache.open(path, teacher_sha, data_print, frames, with_logits)), None
 
 
-def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool) -> dict | None:
-    """What must hold before any work: a resumable checkpoint (returned, read once), a model for
-    the stage, and every file of both splits readable (a long run must not die late)."""
+def _preflight(
+    cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, progress: bool
+) -> tuple[dict | None, dict | None]:
+    """What must hold before any work: a resumable checkpoint or else the fine-tune's first
+    weights (both returned, read once), a model for the stage, and every file of both splits
+    readable (a long run must not die late)."""
     ckpt = load_resumable(resume) if resume else None
+    init = read_init_weights(cfg.init_weights, model_cfg) if cfg.init_weights and not resume else None
     if (cfg.stage == "teacher") != model_cfg.is_teacher:
         raise ValueError(
             f"stage {cfg.stage!r} needs a {'multi-frame' if cfg.stage == 'teacher' else 'monocular'} model; "
@@ -424,7 +441,7 @@ def _preflight(cfg: TrainConfig, model_cfg: ModelConfig, resume: str | None, pro
     for split in ("train", "val"):
         seqs = resolve_sequences(cfg.data_root, cfg.train_sequences if split == "train" else cfg.val_sequences, split)
         make_dataset(model_cfg, cfg.data_root, seqs, (0,)).check_files(progress)
-    return ckpt
+    return ckpt, init
 
 
 def _schedule(cfg: TrainConfig, frames_per_process: int, frames: int) -> tuple[int, int]:
@@ -551,7 +568,7 @@ class _Run:
             torch.cuda.set_device(dev)
         self.cfg, self.dev, self.progress, self.interrupt = cfg, dev, progress, interrupt
         self.model_cfg = model_cfg = cfg.model_config()
-        ckpt = _preflight(cfg, model_cfg, resume, progress and info.is_main)
+        ckpt, init = _preflight(cfg, model_cfg, resume, progress and info.is_main)
         torch.manual_seed(cfg.seed)
         teacher = load_teacher(cfg, model_cfg, dev)
         self.teacher_sha = sha256(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
@@ -579,12 +596,19 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.metrics: dict[str, Any] = {}
+        # The weights a fine-tune started from (SHA-256), kept in every checkpoint of the run.
+        self.init_sha: str | None = None
         if ckpt is not None and resume:
             self.step, self.epoch, self.step_in_epoch, self.metrics = _restore(
                 ckpt, resume, cfg, self.teacher_sha, self.model, self.optimizer, self.scheduler, self.scaler
             )
+            self.init_sha = ckpt.get("init_sha256")
             del ckpt  # its tensors now live in the model and optimizer
         else:
+            if init is not None:
+                self.model.load_state_dict(init["weights"])
+                self.init_sha = init["sha256"]
+            del init
             torch.manual_seed(cfg.seed + info.rank)
         self.ddp_model: torch.nn.Module = self.model
         if info.world_size > 1:
@@ -625,6 +649,7 @@ class _Run:
             metrics=self.metrics,
             train_config=self.cfg.to_dict(),
             teacher_sha256=self.teacher_sha,
+            init_sha256=self.init_sha,
             rng_state=torch.get_rng_state(),
         )
 
