@@ -119,6 +119,8 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, da
     with pytest.raises(CheckpointError, match=r"init_weights .*last.pt does not fit the model: shape mismatch"):
         train(wide, device="cpu", progress=False)
     assert not (tmp_path / "wide" / "run").exists()
+    with pytest.raises(FileNotFoundError, match=r"^init_weights .*nope.pt does not exist$"):
+        train(_config(tmp_path / "x", data_root, init_weights=str(tmp_path / "nope.pt")), device="cpu", progress=False)
 
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_root):

@@ -333,6 +333,8 @@ def read_init_weights(path: str, model_cfg: ModelConfig) -> dict:
     fine-tuning run, checked against the run's architecture before any long work: weights that
     do not fit are a clear error naming the keys. Settings that change no weight (dropout,
     thresholds, loss weights) may differ: a fine-tune may change them."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_weights {path} does not exist")
     data = load_checkpoint(path, map_location="cpu")
     if data["model_config"].is_teacher != model_cfg.is_teacher:
         kind = "a multi-frame teacher" if data["model_config"].is_teacher else "a monocular student"
