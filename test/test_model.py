@@ -367,6 +367,36 @@ def test_batched_and_single_frame_cross_attention_agree():
         assert torch.isfinite(none).all()
 
 
+def test_icca_of_a_single_frame_computes_only_the_voxels_the_camera_sees_with_the_same_result():
+    """A voxel no camera sees leaves ICCA as it entered, so a single frame computes only the
+    others: the same values and gradients (float64, to rounding) as every voxel through every layer."""
+    torch.manual_seed(0)
+    model = MonoOcc(load_named_config("student_tiny")).double().eval()
+    t = model.transformer
+    n, c = t.queries.shape
+    full_p = lidar_projection(KITTI_CALIB["P2"], KITTI_CALIB["Tr"])
+    projection = torch.from_numpy(resize_projection(full_p, 620 / IMAGE_WIDTH, 188 / IMAGE_HEIGHT))[None, None]
+    ref, visible = project_reference_points(t.centers.double(), projection, (188, 620))
+    assert 0.2 < visible.double().mean() < 0.8  # both kinds of voxel are there
+    x = torch.randn(1, n, c, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(1, n, c, dtype=torch.float64)
+    features = torch.randn(1, 12 * 39, c, dtype=torch.float64, requires_grad=True)
+    subset = t._icca(x, pos, ref, visible, features, (12, 39))
+    every = x
+    for layer in t.icca:
+        every = layer(every, pos, ref, visible, features, (12, 39))
+    torch.testing.assert_close(subset, every, rtol=0, atol=1e-12)
+    assert not torch.equal(subset[0, visible[0, 0]], x[0, visible[0, 0]])  # ICCA did change the seen ones
+    wrt = [x, features, *t.icca.parameters()]
+    weights = torch.randn_like(every)
+    for a, b in zip(
+        torch.autograd.grad((subset * weights).sum(), wrt),
+        torch.autograd.grad((every * weights).sum(), wrt),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_closed_form_inverse_and_fixed_shape_voxelisation():
     """The export-friendly replacements of linalg.solve and boolean-mask index_add."""
     from monoocc_ros.geometry import GridSpec
