@@ -8,11 +8,13 @@ import pytest
 
 from monoocc_ros.bag.dataset import from_dataset
 from monoocc_ros.bag.evaluate import load_ground_truth, score_bags
-from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC
+from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, PRED_TOPIC, typestore
+from monoocc_ros.bag.play import read_bag
 from monoocc_ros.bag.replay import replay_eval
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.synth import synthesize
+from monoocc_ros.ros.convert import msg_to_grid
 from monoocc_ros.testing.harness import random_tiny_checkpoint
 from monoocc_ros.trainer.evaluate import evaluate_checkpoint
 
@@ -87,13 +89,28 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     result = replay_eval(bag, str(ckpt), out=tmp_path / "pred", progress=False)
     assert result.frames_lost == [] and result.frames_scored == 3
     assert len(result.latency_ms) == 3
-    offline = evaluate_checkpoint(str(ckpt), str(root), sequences=("08",), device="cpu", progress=False)
+    offline_dir = tmp_path / "offline"
+    offline = evaluate_checkpoint(
+        str(ckpt), str(root), sequences=("08",), device="cpu", progress=False, predictions=str(offline_dir)
+    )
+    # The node's forward pass (image from the bag, camera from CameraInfo + /tf_static) and offline
+    # eval's (PNG, calib.txt) are not bitwise identical on every CPU: on one host one 0.4 m semantic
+    # cell per frame (8 voxels), a near-tie between two classes of this random-weight model,
+    # flipped. So the labels are compared voxel by voxel with room for such ties (<= 0.01 %), far
+    # below what a wrong image, camera or grid changes; the scores then agree to 1e-3.
+    store = typestore()
+    recorded = read_bag(tmp_path / "pred", [PRED_TOPIC])
+    node_labels = [msg_to_grid(store.deserialize_cdr(raw, msgtype)).labels for _, msgtype, _, raw in recorded]
+    assert len(node_labels) == 3
+    for i, labels in enumerate(node_labels):
+        expect = raw_to_train(F.read_voxel_labels(offline_dir / "sequences" / "08" / "predictions" / f"{i:06d}.label"))
+        assert np.count_nonzero(labels != expect) <= labels.size // 10_000, f"frame {i}"
     assert result.scores.num_voxels == offline.num_voxels
-    np.testing.assert_allclose(result.scores.class_iou, offline.class_iou, atol=1e-6)
-    assert result.scores.completion_iou == pytest.approx(offline.completion_iou, abs=1e-6)
+    np.testing.assert_allclose(result.scores.class_iou, offline.class_iou, atol=1e-3)
+    assert result.scores.completion_iou == pytest.approx(offline.completion_iou, abs=1e-3)
     # in the camera's view too: the node's view (CameraInfo + the bag's extrinsic) is eval's
     assert 0 < result.scores.in_view.num_voxels == offline.in_view.num_voxels < offline.num_voxels
-    np.testing.assert_allclose(result.scores.in_view.class_iou, offline.in_view.class_iou, atol=1e-6)
+    np.testing.assert_allclose(result.scores.in_view.class_iou, offline.in_view.class_iou, atol=1e-3)
     import subprocess
     import sys
 
@@ -128,7 +145,7 @@ def test_play_with_clock_while_recording(synth_bag, tmp_path):
 
     import rclpy
 
-    from monoocc_ros.bag.play import Player, read_bag
+    from monoocc_ros.bag.play import Player
 
     _, bag = synth_bag
     out = tmp_path / "rec"
@@ -174,7 +191,7 @@ def test_recorder_killed_with_sigkill_is_repaired(synth_bag, tmp_path):
     import rclpy
 
     from monoocc_ros.bag.io import BagError
-    from monoocc_ros.bag.play import Player, read_bag
+    from monoocc_ros.bag.play import Player
 
     _, bag = synth_bag
     out = tmp_path / "rec"
