@@ -93,12 +93,12 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     offline = evaluate_checkpoint(
         str(ckpt), str(root), sequences=("08",), device="cpu", progress=False, predictions=str(offline_dir)
     )
-    # The node's camera extrinsic comes from /tf_static, a quaternion: it differs from calib.txt's
-    # Tr (not exactly a rotation) by up to 5e-8, float32 rounding. Whether that flips a near-tie
-    # between two classes of this random-weight model depends on the CPU's kernels: on one host one
-    # 0.4 m semantic cell (8 voxels) per frame flipped. So the labels are compared voxel by voxel
-    # with room for such ties (<= 0.01 %), far below what a wrong image, camera or grid changes
-    # (another frame's labels: > 25 %); the scores then agree to 1e-3.
+    # The node's and offline eval's labels are not identical on every host: on one, one 0.4 m
+    # semantic cell (8 voxels) per frame differed, a near-tie between two classes of this
+    # random-weight model. Which step rounds differently is not known (not the extrinsic: /tf_static's
+    # differs from calib.txt's Tr by 5e-8, but both give the same labels in one process). So the
+    # labels are compared voxel by voxel with room for such ties (<= 0.01 %), far below what a wrong
+    # image, camera or grid changes (another frame's labels: > 25 %); the scores then agree to 1e-3.
     store = typestore()
     recorded = read_bag(tmp_path / "pred", [PRED_TOPIC])
     node_labels = [msg_to_grid(store.deserialize_cdr(raw, msgtype)).labels for _, msgtype, _, raw in recorded]
