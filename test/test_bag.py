@@ -8,13 +8,11 @@ import pytest
 
 from monoocc_ros.bag.dataset import from_dataset
 from monoocc_ros.bag.evaluate import load_ground_truth, score_bags
-from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, PRED_TOPIC, typestore
-from monoocc_ros.bag.play import read_bag
+from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, PRED_TOPIC
 from monoocc_ros.bag.replay import replay_eval
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.synth import synthesize
-from monoocc_ros.ros.convert import msg_to_grid
 from monoocc_ros.testing.harness import random_tiny_checkpoint
 from monoocc_ros.trainer.evaluate import evaluate_checkpoint
 
@@ -99,11 +97,9 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     # differs from calib.txt's Tr by 5e-8, but both give the same labels in one process). So the
     # labels are compared voxel by voxel with room for such ties (<= 0.01 %), far below what a wrong
     # image, camera or grid changes (another frame's labels: > 25 %); the scores then agree to 1e-3.
-    store = typestore()
-    recorded = read_bag(tmp_path / "pred", [PRED_TOPIC])
-    node_labels = [msg_to_grid(store.deserialize_cdr(raw, msgtype)).labels for _, msgtype, _, raw in recorded]
-    assert len(node_labels) == 3
-    for i, labels in enumerate(node_labels):
+    recorded = load_ground_truth(tmp_path / "pred", PRED_TOPIC).labels  # any topic's grids, by stamp
+    assert len(recorded) == 3
+    for i, (_, labels) in enumerate(sorted(recorded.items())):
         expect = raw_to_train(F.read_voxel_labels(offline_dir / "sequences" / "08" / "predictions" / f"{i:06d}.label"))
         assert np.count_nonzero(labels != expect) <= labels.size // 10_000, f"frame {i}"
     assert result.scores.num_voxels == offline.num_voxels
@@ -146,7 +142,7 @@ def test_play_with_clock_while_recording(synth_bag, tmp_path):
 
     import rclpy
 
-    from monoocc_ros.bag.play import Player
+    from monoocc_ros.bag.play import Player, read_bag
 
     _, bag = synth_bag
     out = tmp_path / "rec"
@@ -192,7 +188,7 @@ def test_recorder_killed_with_sigkill_is_repaired(synth_bag, tmp_path):
     import rclpy
 
     from monoocc_ros.bag.io import BagError
-    from monoocc_ros.bag.play import Player
+    from monoocc_ros.bag.play import Player, read_bag
 
     _, bag = synth_bag
     out = tmp_path / "rec"
