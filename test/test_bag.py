@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from monoocc_ros.bag.dataset import from_dataset
 from monoocc_ros.bag.evaluate import load_ground_truth, score_bags
 from monoocc_ros.bag.io import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, PRED_TOPIC
-from monoocc_ros.bag.replay import replay_eval
+from monoocc_ros.bag.play import bag_topics
+from monoocc_ros.bag.replay import bag_extrinsic, replay_eval
 from monoocc_ros.classes import raw_to_train
 from monoocc_ros.data import formats as F
 from monoocc_ros.data.synth import synthesize
+from monoocc_ros.inference import Predictor
 from monoocc_ros.testing.harness import random_tiny_checkpoint
 from monoocc_ros.trainer.evaluate import evaluate_checkpoint
 
@@ -31,8 +34,6 @@ def test_bag_carries_the_datas_extrinsic(synth_bag, tmp_path):
     """from-dataset writes calib.txt's Tr as /tf_static; replay-eval reads it back (not KITTI's)."""
     import shutil
 
-    from monoocc_ros.bag.play import bag_topics
-    from monoocc_ros.bag.replay import bag_extrinsic
     from monoocc_ros.geometry import quaternion_to_rotation, rotation_to_quaternion
 
     root, _ = synth_bag
@@ -91,15 +92,21 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     offline = evaluate_checkpoint(
         str(ckpt), str(root), sequences=("08",), device="cpu", progress=False, predictions=str(offline_dir)
     )
-    # The node's and offline eval's labels are not identical on every host: on one, one 0.4 m
-    # semantic cell (8 voxels) per frame differed, a near-tie between two classes of this
-    # random-weight model. Which step rounds differently is not known (not the extrinsic: /tf_static's
-    # differs from calib.txt's Tr by 5e-8, but both give the same labels in one process). So the
-    # labels are compared voxel by voxel with room for such ties (<= 0.01 %), far below what a wrong
-    # image, camera or grid changes (another frame's labels: > 25 %); the scores then agree to 1e-3.
+    # The node's camera extrinsic comes from /tf_static, a translation and a quaternion: it differs
+    # from calib.txt's Tr (not exactly a rotation matrix) by 5e-8, which offline eval uses. Measured
+    # in one process: with /tf_static's extrinsic one 0.4 m semantic cell (8 voxels) differs in
+    # frames 1 and 2 from the labels with Tr, a near-tie between two classes of this random-weight
+    # model (on some hosts none flips). So: the node's labels equal the in-process pipeline's with
+    # the bag's extrinsic exactly, and offline eval's within 0.01 % of voxels, far below what a wrong
+    # image, camera or grid changes (another frame's labels: > 25 %); the scores agree to 1e-3.
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    extrinsic = bag_extrinsic(bag, bag_topics(bag), progress=False)
+    calib = F.read_calib(root / "sequences" / "08" / "calib.txt")
     recorded = load_ground_truth(tmp_path / "pred", PRED_TOPIC).labels  # any topic's grids, by stamp
     assert len(recorded) == 3
     for i, (_, labels) in enumerate(sorted(recorded.items())):
+        rgb = np.asarray(Image.open(root / "sequences" / "08" / "image_2" / f"{i:06d}.png").convert("RGB"))
+        np.testing.assert_array_equal(labels, predictor.predict(rgb, calib["P2"], extrinsic)[0], err_msg=f"frame {i}")
         expect = raw_to_train(F.read_voxel_labels(offline_dir / "sequences" / "08" / "predictions" / f"{i:06d}.label"))
         assert np.count_nonzero(labels != expect) <= labels.size // 10_000, f"frame {i}"
     assert result.scores.num_voxels == offline.num_voxels
