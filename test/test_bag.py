@@ -3,8 +3,11 @@ through the node process with scores equal to offline evaluation, real KITTI fra
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from monoocc_ros.bag.dataset import from_dataset
@@ -104,9 +107,16 @@ def test_replay_answers_every_frame_and_matches_offline_eval(synth_bag, tmp_path
     calib = F.read_calib(root / "sequences" / "08" / "calib.txt")
     recorded = load_ground_truth(tmp_path / "pred", PRED_TOPIC).labels  # any topic's grids, by stamp
     assert len(recorded) == 3
+    threads = torch.get_num_threads()  # the node's (ros/main.py), so that sums add up in its order
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+    try:
+        for i, (_, labels) in enumerate(sorted(recorded.items())):
+            rgb = np.asarray(Image.open(root / "sequences" / "08" / "image_2" / f"{i:06d}.png").convert("RGB"))
+            mine = predictor.predict(rgb, calib["P2"], extrinsic)[0]
+            np.testing.assert_array_equal(labels, mine, err_msg=f"frame {i}")
+    finally:
+        torch.set_num_threads(threads)
     for i, (_, labels) in enumerate(sorted(recorded.items())):
-        rgb = np.asarray(Image.open(root / "sequences" / "08" / "image_2" / f"{i:06d}.png").convert("RGB"))
-        np.testing.assert_array_equal(labels, predictor.predict(rgb, calib["P2"], extrinsic)[0], err_msg=f"frame {i}")
         expect = raw_to_train(F.read_voxel_labels(offline_dir / "sequences" / "08" / "predictions" / f"{i:06d}.label"))
         assert np.count_nonzero(labels != expect) <= labels.size // 10_000, f"frame {i}"
     assert result.scores.num_voxels == offline.num_voxels
