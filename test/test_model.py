@@ -440,9 +440,9 @@ def test_semantic_lift_places_class_probabilities_where_the_depth_says():
     for v in (a, b):
         probs = ev[v[0], v[1], v[2], :3]
         torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
-        assert float(probs[0]) > 0.99
+        assert float(probs[0].detach()) > 0.99
         torch.testing.assert_close(ev[v[0], v[1], v[2], 3], torch.log1p(torch.tensor(1.0)))
-    assert float(ev[~filled].abs().sum()) == 0.0  # empty voxels: no evidence at all
+    assert float(ev[~filled].abs().sum().detach()) == 0.0  # empty voxels: no evidence at all
     out[..., 1].sum().backward()  # class 1's mean probability (all classes' sum to 1: no gradient)
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
     # Both pixels in one voxel: the mean of their distributions, count 2.
@@ -465,15 +465,20 @@ def test_depth_evidence_counts_points_at_three_scales():
     # Camera along +x as in the lift test: two pixels at x = 2.5 m, y = 1.25 and 1.125, z = -0.5.
     projection = torch.tensor([[[10.0, -20.0, 0.0, 0.0], [-0.2, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
     depth = torch.tensor([[[2.5, 2.5]]])
-    assert float(ev(depth, projection, (1, 2)).abs().sum()) == 0.0
+
+    def evidence() -> torch.Tensor:  # values only: no graph to keep
+        with torch.no_grad():
+            return ev(depth, projection, (1, 2))
+
+    assert float(evidence().abs().sum()) == 0.0
     with torch.no_grad():
         ev.weight.copy_(torch.tensor([1.0, 0.0, 0.0]) / ev.GAIN)
-    fine = ev(depth, projection, (1, 2))[0]
+    fine = evidence()[0]
     assert float(fine[2, 5, 1]) == pytest.approx(float(np.log(3.0)))  # both points in voxel (2, 5, 1)
     assert int((fine > 0).sum()) == 1
     with torch.no_grad():
         ev.weight.copy_(torch.tensor([0.0, 0.0, 1.0]) / ev.GAIN)
-    block = ev(depth, projection, (1, 2))[0]
+    block = evidence()[0]
     assert torch.all(block[0:4, 4:8, 0:4] == block[2, 5, 1]) and int((block > 0).sum()) == 64
     with pytest.raises(ConfigError, match="depth_evidence applies to the fine head only"):
         ModelConfig(name="x", head="paper", depth_evidence=True)
